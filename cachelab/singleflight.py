@@ -1,0 +1,147 @@
+"""Two ways to let one coroutine load a key while the others wait.
+
+:class:`LockTable` is the classic approach (and the earlier demo's): a lock per key; whoever holds
+it loads, the rest queue on the lock and re-check the cache when their turn comes. It works, but
+every waiter passes through the lock one at a time, and if the loader fails each waiter tries again
+in turn, serially.
+
+:class:`SingleFlight` (after Go's ``golang.org/x/sync/singleflight``) shares the *call* instead of a
+lock: the first caller starts the work, later callers await the same result, and a failure reaches
+all of them at once. Nothing is cached: once the call finishes, the next caller starts a new one.
+
+Both keep memory proportional to the keys *in use*, not to every key ever seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+__all__ = ["LockTable", "LockTableStatistics", "SingleFlight", "SingleFlightStatistics"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LockTableStatistics:
+    """A snapshot: keys with a live lock, and how many coroutines hold or wait on them."""
+
+    keys: int
+    holders_and_waiters: int
+
+
+class _Entry:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class LockTable:
+    """Per-key :class:`asyncio.Lock` objects, created on demand and dropped when nobody uses them.
+
+    ``async with table.lock(key): ...`` serialises coroutines per key. While any coroutine holds or
+    waits for a key's lock, every caller gets the same lock object; when the last one leaves, the
+    entry is removed, so ``len(table)`` counts only keys in use.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: Hashable) -> AsyncIterator[asyncio.Lock]:
+        """Hold the lock for ``key`` for the body of the ``async with``; yields the lock."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield entry.lock
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[key]
+
+    def statistics(self) -> LockTableStatistics:
+        return LockTableStatistics(
+            keys=len(self._entries),
+            holders_and_waiters=sum(e.users for e in self._entries.values()),
+        )
+
+
+@dataclass(frozen=True)
+class SingleFlightStatistics:
+    """A snapshot: calls in flight and how many callers wait on them (including the first)."""
+
+    in_flight: int
+    callers: int
+
+
+class _Call(Generic[T]):
+    __slots__ = ("callers", "task")
+
+    def __init__(self, task: asyncio.Task[T]) -> None:
+        self.task = task
+        self.callers = 0
+
+
+class SingleFlight:
+    """Deduplicate concurrent calls per key: ``value, shared = await sf.do(key, fn)``.
+
+    - The first caller for a key starts ``fn()`` in a task; callers arriving while it runs await the
+      same task and get the same value, or the same exception.
+    - ``shared`` is True when the result went to more than one caller (Go's ``shared`` flag).
+    - Cancelling a caller (even the first) does not cancel the work the others wait for. When every
+      caller has been cancelled, nobody wants the result any more, and the work is cancelled too.
+    - The key's entry is removed as soon as the call finishes: nothing is cached.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[Hashable, _Call[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._calls
+
+    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = _Call(asyncio.ensure_future(fn()))
+            call.task.add_done_callback(lambda _t, key=key, call=call: self._finished(key, call))
+        call.callers += 1
+        try:
+            value = await asyncio.shield(call.task)
+        except asyncio.CancelledError:
+            call.callers -= 1
+            if call.callers == 0 and not call.task.done():
+                call.task.cancel()
+            if call.task.done() and not call.task.cancelled():
+                call.task.exception()  # mark any error as retrieved: nobody is left to see it
+            raise
+        return value, call.callers > 1
+
+    def forget(self, key: Hashable) -> None:
+        """Detach ``key``: later callers start a new call even while the current one runs."""
+        self._calls.pop(key, None)
+
+    def _finished(self, key: Hashable, call: _Call[Any]) -> None:
+        if self._calls.get(key) is call:
+            del self._calls[key]
+
+    def statistics(self) -> SingleFlightStatistics:
+        return SingleFlightStatistics(
+            in_flight=len(self._calls), callers=sum(c.callers for c in self._calls.values())
+        )
