@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ConfigurationError
 from .metrics import Outcome
-from .singleflight import LockTable, SingleFlight
+from .singleflight import InlineFlight, LockTable, SingleFlight
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -86,25 +86,31 @@ class LockTablePolicy(HerdPolicy):
 
 
 class LocalSingleFlight(HerdPolicy):
-    """Concurrent lookups of a key in this process share one read (and, on a miss, one load).
+    """Concurrent lookups of a key in this process share one Redis read and, on a miss, one load.
 
-    A write through the same cache detaches the key's flight, so a lookup that starts after the
-    write never receives a read that was sent before it.
+    The read is shared through an :class:`InlineFlight` (no task, so an uncontended hit costs
+    the same as a plain GET); the load through a :class:`SingleFlight`, so that cancelling the
+    caller who started it does not cancel it for the others. A write through the same cache
+    detaches the key from both, so a lookup that starts after the write never receives a read
+    or a load that began before it.
     """
 
     name = "local"
 
     def __init__(self) -> None:
+        self.reads = InlineFlight()
         self.flight = SingleFlight()
 
     async def lookup(self, cache, key, loader, ttl):
+        (found, value), _ = await self.reads.do(key, lambda: cache.read(key))
+        if found:
+            return value, Outcome.HIT
         leader = key not in self.flight
-        (value, outcome), _shared = await self.flight.do(
-            key, lambda: cache.read_or_load(key, loader, ttl)
-        )
-        return value, outcome if leader else Outcome.SHARED
+        value, _shared = await self.flight.do(key, lambda: cache.load_and_store(key, loader, ttl))
+        return value, Outcome.LOAD if leader else Outcome.SHARED
 
     def written(self, key: str) -> None:
+        self.reads.forget(key)
         self.flight.forget(key)
 
 

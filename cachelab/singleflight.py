@@ -20,7 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["LockTable", "LockTableStatistics", "SingleFlight", "SingleFlightStatistics"]
+__all__ = [
+    "InlineFlight",
+    "LockTable",
+    "LockTableStatistics",
+    "SingleFlight",
+    "SingleFlightStatistics",
+]
 
 T = TypeVar("T")
 
@@ -145,3 +151,54 @@ class SingleFlight:
         return SingleFlightStatistics(
             in_flight=len(self._calls), callers=sum(c.callers for c in self._calls.values())
         )
+
+
+class _LeaderCancelled(Exception):
+    """Internal: the caller doing the work was cancelled; waiters must try again themselves."""
+
+
+class InlineFlight:
+    """Single-flight for cheap, idempotent work (such as one Redis GET), without a task.
+
+    The first caller runs ``fn()`` in its own task, so an uncontended call costs almost nothing
+    over calling ``fn()`` directly: this sits on every cache hit. Callers arriving meanwhile wait
+    for its result (or its error). Because the work runs inside the first caller, cancelling that
+    caller stops it; the waiters then simply run it again (one of them becomes the new first
+    caller). That is only acceptable when the work is cheap and safe to repeat; expensive work
+    such as a load belongs in :class:`SingleFlight`.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Hashable, asyncio.Future[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._pending
+
+    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """``(value, leader)``: ``leader`` is True for the caller that ran ``fn``."""
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending), False
+            except _LeaderCancelled:
+                continue
+        future = self._pending[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await fn()
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            future.set_exception(_LeaderCancelled() if cancelled else exc)
+            future.exception()  # retrieved: waiters (if any) get it through shield
+            raise
+        else:
+            future.set_result(value)
+            return value, True
+        finally:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+
+    def forget(self, key: Hashable) -> None:
+        """Detach ``key``: later callers run ``fn`` anew instead of waiting for the current call."""
+        self._pending.pop(key, None)
