@@ -8,6 +8,7 @@ single-flight, and an experiment can compare them by changing one argument.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,9 +37,13 @@ class Lookup:
 
 
 def _positive_ttl(ttl: object, what: str = "ttl") -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not (ttl > 0 and math.isfinite(ttl))
+    ):
         raise ConfigurationError(
-            f"{what} must be a positive number of seconds, got {ttl!r}; "
+            f"{what} must be a positive, finite number of seconds, got {ttl!r}; "
             "to remove a key use delete(), to keep it forever use a long TTL"
         )
     return float(ttl)

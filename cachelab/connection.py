@@ -61,6 +61,9 @@ __all__ = [
 
 DEFAULT_LOCAL_URL = "redis://127.0.0.1:6379"
 LOCAL_PROBE_TIMEOUT = 0.2
+"""Seconds to wait for the TCP connection to the default local address (refused is instant)."""
+LOCAL_PING_TIMEOUT = 2.0
+"""Seconds a server that accepted the connection gets to answer PING (a busy machine is slow)."""
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_POOL_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 2.0
@@ -101,20 +104,25 @@ class RedisSource:
 
 # --- URLs -------------------------------------------------------------------------------------
 
-_USERINFO = re.compile(r"(//[^/@:]*):([^/@]*)@")
+_USERINFO = re.compile(r"((?:^|//)[^/@:]*):([^/@]*)@")
 _QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.I)
 
 
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
+    if "://" not in url:  # e.g. "user:pw@host:6379": urlsplit would not see the password
+        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
     try:
         parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if parts.password is None and not any(k.lower() == "password" for k, _ in pairs):
+            return url  # nothing to hide: leave the URL exactly as it was given
         netloc = parts.netloc
         if parts.password is not None:
             host = netloc.rsplit("@", 1)[1]
             netloc = f"{parts.username or ''}:***@{host}"
         query = urlencode(
-            [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)]
+            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
         )
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
@@ -175,12 +183,28 @@ async def _server_version(client: aioredis.Redis) -> str:
     return f"Redis {info.get('redis_version', '?')}"
 
 
-async def _answering(client: aioredis.Redis, within: float | None) -> bool:
+async def _local_server_answers(url: str) -> bool:
+    """Is a Redis listening at ``url``? Two steps, so a busy machine does not hide its server.
+
+    Connecting must succeed within ``LOCAL_PROBE_TIMEOUT`` (with nothing listening, loopback
+    refuses at once); a server that accepted gets ``LOCAL_PING_TIMEOUT`` to answer PING.
+    """
+    parts = urlsplit(url)
     try:
-        async with asyncio.timeout(within):
-            return bool(await client.ping())
-    except (RedisError, OSError, TimeoutError):
+        async with asyncio.timeout(LOCAL_PROBE_TIMEOUT):
+            _reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    except (OSError, TimeoutError):
         return False
+    try:
+        async with asyncio.timeout(LOCAL_PING_TIMEOUT):
+            writer.write(b"PING\r\n")
+            return (await _reader.readline()).startswith((b"+PONG", b"-NOAUTH"))
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redis, RedisSource]:
@@ -259,10 +283,16 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
         _validate_url(named)
         return await _open_named(named, kind, **pool)
 
-    local = _client_for_url(DEFAULT_LOCAL_URL, **pool)
-    if await _answering(local, LOCAL_PROBE_TIMEOUT):
-        return local, RedisSource("local", DEFAULT_LOCAL_URL, await _server_version(local))
-    await local.aclose()
+    if await _local_server_answers(DEFAULT_LOCAL_URL):
+        local = _client_for_url(DEFAULT_LOCAL_URL, **pool)
+        try:
+            return local, RedisSource("local", DEFAULT_LOCAL_URL, await _server_version(local))
+        except (RedisError, OSError) as exc:
+            await local.aclose()
+            raise RedisUnavailableError(
+                f"a server on {DEFAULT_LOCAL_URL} accepted the connection but refused to work "
+                f"({exc}); if it needs a password, pass its url or set REDIS_URL"
+            ) from None
 
     found = await _open_embedded(pool, required=False)
     if found is not None:

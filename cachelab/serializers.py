@@ -33,7 +33,7 @@ class JsonSerializer:
 
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-        self._decode = json.loads
+        self._decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
     def dumps(self, value: Any) -> bytes:
         try:
@@ -47,9 +47,13 @@ class JsonSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return self._decode(data)
+            return self._decode(data.decode())
         except ValueError as exc:
             raise SerializationError(f"stored payload is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid in strict JSON")
 
 
 class MsgpackSerializer:

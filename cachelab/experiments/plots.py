@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "OUTCOME_COLORS",
@@ -69,9 +71,13 @@ def plot_timeline(
             )
     ax.set_xlabel("time since the clients were released (ms)")
     ax.set_ylabel("request (sorted by start)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     policy = ", ".join(map(str, requests["policy"].unique())) if "policy" in requests else ""
     ax.set_title(title or f"Request timeline: {len(requests)} requests, policy {policy}")
-    ax.legend(loc="lower right", fontsize="small")
+    legend = ax.legend(loc="lower right", fontsize="small")
+    for handle in legend.legend_handles:  # many faint backend bands: keep their key visible
+        if isinstance(handle, Patch):
+            handle.set_alpha(0.4)
     ax.set_xlim(left=0)
     return ax
 
@@ -119,7 +125,7 @@ def plot_latency_cdf(
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
     ax.set_title(title or "Latency distribution (CDF)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")  # curves sit left or right depending on the run: avoid covering them
     ax.grid(True, alpha=0.3)
     return ax
 

