@@ -1,12 +1,19 @@
 """The cache: cache-aside primitives, read-through and write-through on Redis.
 
-``Cache`` is deliberately small. What happens on a miss is delegated to a herd policy
-(:mod:`cachelab.policies`), so the same cache can be run with no protection, a lock table or
-single-flight, and an experiment can compare them by changing one argument.
+``Cache`` is deliberately small. Two pluggable pieces decide what happens around a lookup:
+
+- the *herd policy* (:mod:`cachelab.policies`): who loads on a miss, and how the others wait;
+- the *refresh policy* (:mod:`cachelab.refresh`): whether a cached value should be reloaded
+  before it expires (XFetch) or served stale while it is reloaded (stale-while-revalidate).
+
+So one cache can be run with no protection, a lock table, single-flight, a Redis lock or leases,
+with or without early refresh, and an experiment compares them by changing one argument.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import math
 import random
@@ -17,15 +24,27 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import envelope
+from . import envelope, fencing
 from .errors import ConfigurationError, SerializationError
 from .metrics import Outcome, Stats
-from .policies import HerdPolicy, herd_policy
+from .policies import NOT_REFRESHED, HerdPolicy, herd_policy
+from .redis_lock import RedisLock
+from .refresh import RefreshPolicy, Verdict, refresh_policy
 from .serializers import Serializer, get_serializer
 
-__all__ = ["Cache", "Lookup"]
+__all__ = ["Cache", "Entry", "Lookup"]
 
 Loader = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decoded cached value with the timings refresh policies look at."""
+
+    value: Any
+    load_ms: float
+    expires_at: float
+    soft_expires_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +71,19 @@ def _positive_ttl(ttl: object, what: str = "ttl") -> float:
 class Cache:
     """A namespaced cache on Redis with pluggable stampede protection.
 
-    Every key is stored as ``"{namespace}:{key}"``, so several caches (or several students) can
-    share one Redis without touching each other's data, and :meth:`clear` can remove exactly
-    this cache's keys.
+    Every key is stored as ``"{namespace}:{{key}}"``. The namespace lets several caches (or several
+    students) share one Redis, and :meth:`clear` remove exactly this cache's keys; the braces are
+    a Redis Cluster hash tag, so the value and its helper keys (``...:lock``, ``...:fence``,
+    ``...:lease``) always live on the same node.
 
     ``ttl`` is the default lifetime in seconds; ``ttl_jitter`` (0 <= j < 1) spreads each write's TTL
     uniformly over ``ttl * (1 ± j)`` so that keys written together do not all expire together.
-    ``policy`` is a herd policy name (``"none"``, ``"lock_table"``, ``"local"``) or instance.
+    ``policy`` is a herd policy name (``"none"``, ``"lock_table"``, ``"local"``,
+    ``"distributed"``, ``"lease"``) or instance; ``refresh`` a refresh policy (``None``,
+    ``"xfetch"``, ``XFetch(beta)``, ``StaleWhileRevalidate(soft_ttl_s)``).
+
+    A cache that refreshes in the background owns tasks: close it with ``await cache.aclose()``
+    (or use ``async with``), which waits for them.
     """
 
     def __init__(
@@ -68,12 +93,19 @@ class Cache:
         namespace: str,
         ttl: float,
         policy: str | HerdPolicy = "local",
+        refresh: str | RefreshPolicy | None = None,
         serializer: str | Serializer = "json",
         ttl_jitter: float = 0.0,
     ) -> None:
-        if not isinstance(namespace, str) or not namespace or namespace != namespace.strip():
+        if (
+            not isinstance(namespace, str)
+            or not namespace
+            or namespace != namespace.strip()
+            or "{" in namespace
+            or "}" in namespace
+        ):
             raise ConfigurationError(
-                f"namespace must be a non-empty string without surrounding spaces, "
+                f"namespace must be a non-empty string without surrounding spaces or braces, "
                 f"got {namespace!r}; e.g. namespace='users'"
             )
         if not isinstance(ttl_jitter, int | float) or not 0 <= ttl_jitter < 1:
@@ -86,26 +118,58 @@ class Cache:
         self.ttl = _positive_ttl(ttl)
         self.ttl_jitter = float(ttl_jitter)
         self.policy = herd_policy(policy)
+        self.refresh = refresh_policy(refresh)
+        self.refresh.soft_ttl(self.ttl)  # validates soft TTL < TTL up front
         self.serializer = get_serializer(serializer)
         self.stats = Stats()
-        self._prefix = f"{namespace}:"
+        self._prefix = f"{namespace}:{{"
+        self._checks_refresh = type(self.refresh) is not RefreshPolicy
+        self._background: dict[str, asyncio.Task[None]] = {}
+        self._fill = redis.register_script(fencing.FILL)
+        self._write = redis.register_script(fencing.WRITE)
 
     def __repr__(self) -> str:
         return (
             f"Cache(namespace={self.namespace!r}, ttl={self.ttl:g}, policy={self.policy.name!r}, "
-            f"serializer={self.serializer.name!r})"
+            f"refresh={self.refresh!r}, serializer={self.serializer.name!r})"
         )
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Wait for background refreshes to finish (the Redis client stays open: it is yours)."""
+        while self._background:
+            await asyncio.gather(*self._background.values(), return_exceptions=True)
 
     # --- keys and entries ---------------------------------------------------------------------
 
     def redis_key(self, key: str) -> str:
-        """The Redis key that stores ``key``: the namespace, a colon, then the key."""
+        """The Redis key that stores ``key``: ``namespace:{key}``."""
         if type(key) is not str or not key:
             raise ConfigurationError(
                 f"cache keys must be non-empty strings, got {key!r}; "
                 "build one with e.g. f'user:{user_id}'"
             )
-        return self._prefix + key
+        return self._prefix + key + "}"
+
+    def helper_key(self, key: str, role: str) -> str:
+        """The key of ``key``'s lock, fence, lease, ...: same hash slot as the value."""
+        return f"{self.redis_key(key)}:{role}"
+
+    def lock_for(self, key: str, *, ttl: float = 10.0, wait: str = "notify") -> RedisLock:
+        """The Redis lock of ``key``; its fencing token is the key's fence counter."""
+        return RedisLock(
+            self.redis,
+            self.helper_key(key, "lock"),
+            ttl=ttl,
+            fence_key=self.helper_key(key, "fence"),
+            channel=self.helper_key(key, "filled"),
+            wait=wait,
+        )
 
     def _ttl_for_write(self, ttl: float | None) -> float:
         seconds = self.ttl if ttl is None else _positive_ttl(ttl)
@@ -113,53 +177,75 @@ class Cache:
             seconds *= 1 + random.uniform(-self.ttl_jitter, self.ttl_jitter)
         return seconds
 
-    def _decode(self, raw: bytes | None) -> tuple[bool, Any]:
-        """(found, value); an undecodable entry counts as corrupt and reads as a miss."""
+    def decode(self, raw: bytes | None) -> Entry | None:
+        """The entry stored as ``raw``; an undecodable one counts as corrupt and reads missing."""
         if raw is None:
-            return False, None
-        entry = envelope.unpack(raw)
-        if entry is not None:
+            return None
+        wrapped = envelope.unpack(raw)
+        if wrapped is not None:
             try:
-                return True, self.serializer.loads(entry.payload)
+                value = self.serializer.loads(wrapped.payload)
             except SerializationError:
                 pass
+            else:
+                return Entry(value, wrapped.load_ms, wrapped.expires_at, wrapped.soft_expires_at)
         self.stats.corrupt += 1
-        return False, None
+        return None
 
-    async def _store(self, rkey: str, payload: bytes, ttl: float | None, load_ms: float) -> None:
+    def encode(self, payload: bytes, ttl: float | None, load_ms: float) -> tuple[bytes, int]:
+        """The stored bytes for a serialized value, and its TTL in ms (jitter applied)."""
         seconds = self._ttl_for_write(ttl)
-        data = envelope.pack(payload, load_ms=load_ms, expires_at=time.time() + seconds)
-        await self.redis.set(rkey, data, px=max(1, round(seconds * 1000)))
+        now = time.time()
+        soft = self.refresh.soft_ttl(seconds)
+        data = envelope.pack(
+            payload,
+            load_ms=load_ms,
+            expires_at=now + seconds,
+            soft_expires_at=None if soft is None else now + soft,
+        )
+        return data, max(1, round(seconds * 1000))
+
+    async def read_entry(self, key: str) -> Entry | None:
+        """The cached entry, or None; touches no counters (policies use it)."""
+        return self.decode(await self.redis.get(self.redis_key(key)))
+
+    async def read(self, key: str) -> tuple[bool, Any]:
+        """``(found, value)``; touches no counters."""
+        entry = await self.read_entry(key)
+        return (False, None) if entry is None else (True, entry.value)
 
     # --- cache-aside primitives ---------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The cached value, or ``default`` when the key is missing (counts a hit or a miss)."""
-        found, value = self._decode(await self.redis.get(self.redis_key(key)))
-        if found:
+        entry = await self.read_entry(key)
+        if entry is not None:
             self.stats.hits += 1
-            return value
+            return entry.value
         self.stats.misses += 1
         return default
 
-    async def read(self, key: str) -> tuple[bool, Any]:
-        """``(found, value)`` from Redis, without touching the counters (policies use it)."""
-        return self._decode(await self.redis.get(self.redis_key(key)))
-
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value``; it is encoded first, so an unencodable value writes nothing."""
-        rkey = self.redis_key(key)
-        payload = self.serializer.dumps(value)
-        try:
-            await self._store(rkey, payload, ttl, load_ms=0.0)
-        finally:
-            self.policy.written(key)
+        self.redis_key(key)
+        await self._write_value(key, self.serializer.dumps(value), ttl)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was there."""
+        return bool(await self._write_value(key, None, None))
+
+    async def _write_value(self, key: str, payload: bytes | None, ttl: float | None) -> int:
+        """A write or (``payload`` None) delete; fenced policies also bump the key's fence."""
         rkey = self.redis_key(key)
+        data, px = self.encode(payload, ttl, 0.0) if payload is not None else (b"", 0)
         try:
-            return bool(await self.redis.delete(rkey))
+            if self.policy.fenced:
+                keys = [rkey] + [self.helper_key(key, r) for r in ("fence", "lease", "stale")]
+                args = [data, px, fencing.FENCE_TTL_MS, self.policy.keep_stale_ms]
+                return int(await self._write(keys=keys, args=args))
+            if payload is None:
+                return int(await self.redis.delete(rkey))
+            return int(bool(await self.redis.set(rkey, data, px=px)))
         finally:
             self.policy.written(key)
 
@@ -189,32 +275,61 @@ class Cache:
         if ttl is not None:
             _positive_ttl(ttl)
         try:
-            value, outcome = await self.policy.lookup(self, key, loader, ttl)
+            value, outcome = await self._lookup(key, loader, ttl)
         except Exception:
             self.stats.errors += 1
             raise
-        if outcome is Outcome.HIT:
-            self.stats.hits += 1
-        else:
-            self.stats.misses += 1
-            if outcome is Outcome.SHARED:
-                self.stats.coalesced += 1
+        self.stats.count(outcome)
         return Lookup(value, outcome)
 
-    async def read_or_load(
-        self, key: str, loader: Loader, ttl: float | None = None
-    ) -> tuple[Any, Outcome]:
-        """Plain cache-aside for one caller: read Redis; on a miss, load and store.
+    async def _lookup(self, key: str, loader: Loader, ttl: float | None) -> tuple[Any, Outcome]:
+        entry = await self.policy.read(self, key)
+        if entry is None:
+            return await self.policy.fill(self, key, loader, ttl)
+        if not self._checks_refresh:
+            return entry.value, Outcome.HIT
+        verdict = self.refresh.verdict(entry, time.time())
+        if verdict is Verdict.FRESH:
+            return entry.value, Outcome.HIT
+        if verdict is Verdict.EARLY:
+            value = await self.policy.refresh(self, key, loader, ttl)
+            if value is NOT_REFRESHED:  # someone else is already recomputing it
+                return entry.value, Outcome.HIT
+            return value, Outcome.REFRESH
+        self._refresh_in_background(key, loader, ttl)
+        return entry.value, Outcome.STALE
 
-        Herd policies build on this; it is public so that a custom policy can too.
+    def _refresh_in_background(self, key: str, loader: Loader, ttl: float | None) -> None:
+        """One background refresh per key per process; the Redis lock makes it one per cluster."""
+        if key in self._background:
+            return
+        task = asyncio.create_task(self._revalidate(key, loader, ttl))
+        self._background[key] = task
+        task.add_done_callback(lambda _t: self._background.pop(key, None))
+
+    async def _revalidate(self, key: str, loader: Loader, ttl: float | None) -> None:
+        lock = self.lock_for(key)
+        fence = await lock.try_acquire()
+        if fence is None:
+            return  # another process is revalidating this key
+        try:
+            await self.load_and_store(key, loader, ttl, fence=fence)
+            self.stats.background_refreshes += 1
+        except Exception:
+            self.stats.background_errors += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lock.release("filled"))
+
+    async def load_and_store(
+        self, key: str, loader: Loader, ttl: float | None = None, *, fence: int | None = None
+    ) -> Any:
+        """Call the loader once, store its value with how long it took, and return the value.
+
+        With a ``fence`` (a token from the key's lock or lease), the value is stored only if no
+        newer grant, write or delete happened meanwhile; otherwise it is returned but not stored,
+        and ``stats.rejected`` counts it.
         """
-        found, value = await self.read(key)
-        if found:
-            return value, Outcome.HIT
-        return await self.load_and_store(key, loader, ttl), Outcome.LOAD
-
-    async def load_and_store(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
-        """Call the loader once, store its value with how long it took, and return the value."""
         started = time.perf_counter()
         pending = loader()
         if not inspect.isawaitable(pending):
@@ -226,7 +341,17 @@ class Cache:
         self.stats.loads += 1
         value = await pending
         load_ms = (time.perf_counter() - started) * 1000
-        await self._store(self.redis_key(key), self.serializer.dumps(value), ttl, load_ms)
+        data, px = self.encode(self.serializer.dumps(value), ttl, load_ms)
+        if fence is None:
+            await self.redis.set(self.redis_key(key), data, px=px)
+        else:
+            keys = [
+                self.redis_key(key),
+                self.helper_key(key, "fence"),
+                self.helper_key(key, "lease"),
+            ]
+            if not await self._fill(keys=keys, args=[data, px, fence]):
+                self.stats.rejected += 1
         return value
 
     async def write_through(
@@ -242,7 +367,7 @@ class Cache:
         anywhere). If the writer raises, the cache is left untouched and the error propagates, so
         the cache never holds a value the system of record refused.
         """
-        rkey = self.redis_key(key)
+        self.redis_key(key)
         if not callable(writer):
             raise ConfigurationError(
                 f"writer must be an async callable taking the value, got {writer!r}; "
@@ -258,29 +383,36 @@ class Cache:
                 f"{type(pending).__name__}; define it with `async def`"
             )
         await pending
-        try:
-            await self._store(rkey, payload, ttl, load_ms=0.0)
-        finally:
-            self.policy.written(key)
+        await self._write_value(key, payload, ttl)
 
     # --- housekeeping -------------------------------------------------------------------------
 
+    async def _scan(self) -> AsyncIterator[bytes]:
+        pattern = _glob_escape(self._prefix) + "*"
+        async for rkey in self.redis.scan_iter(match=pattern, count=500):
+            yield rkey
+
     async def keys(self) -> AsyncIterator[str]:
         """This cache's keys (without the namespace), found with SCAN, never KEYS."""
-        async for rkey in self.redis.scan_iter(match=_glob_escape(self._prefix) + "*", count=500):
-            yield rkey.decode()[len(self._prefix) :]
+        async for rkey in self._scan():
+            if rkey.endswith(b"}"):  # value keys; helper keys end in :lock, :fence, ...
+                yield rkey.decode()[len(self._prefix) : -1]
 
     async def clear(self) -> int:
-        """Delete every key of this namespace (SCAN + UNLINK); return how many were removed."""
+        """Delete every key of this namespace, helper keys included (SCAN + UNLINK).
+
+        Returns how many cached values were removed.
+        """
         removed = 0
-        batch: list[str] = []
-        async for key in self.keys():
-            batch.append(self._prefix + key)
+        batch: list[bytes] = []
+        async for rkey in self._scan():
+            batch.append(rkey)
+            removed += rkey.endswith(b"}")
             if len(batch) >= 500:
-                removed += await self.redis.unlink(*batch)
+                await self.redis.unlink(*batch)
                 batch.clear()
         if batch:
-            removed += await self.redis.unlink(*batch)
+            await self.redis.unlink(*batch)
         return removed
 
 

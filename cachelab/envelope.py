@@ -5,8 +5,9 @@ A stored entry is a one-line header followed by the serialized value::
     cl1 d=52.1 x=1764107000.123\n{"id": 7, "name": "Ada"}
 
 ``d`` is how long the load that produced the value took (ms) and ``x`` when the entry expires
-(Unix seconds). Refresh policies need them: XFetch weighs early recomputation by ``d``, and
-stale-while-revalidate compares ``x`` with the clock. The header is plain text so that a student
+(Unix seconds); ``s``, when present, is when it turns stale (Unix seconds). Refresh policies need
+them: XFetch weighs early recomputation by ``d`` against ``x``, and stale-while-revalidate
+compares ``s`` with the clock. The header is plain text so that a student
 reading a key with ``redis-cli`` can see what the cache knows. Unknown fields are ignored, so newer
 versions can add fields without breaking older readers. Anything that does not start with the
 magic ``cl1 `` is not an entry (a corrupt or foreign value) and is treated as a miss.
@@ -30,9 +31,26 @@ class Envelope:
     expires_at: float
     fields: dict[str, str]
 
+    @property
+    def soft_expires_at(self) -> float | None:
+        soft = self.fields.get("s")
+        try:
+            return float(soft) if soft is not None else None
+        except ValueError:
+            return None
 
-def pack(payload: bytes, *, load_ms: float, expires_at: float, **fields: object) -> bytes:
+
+def pack(
+    payload: bytes,
+    *,
+    load_ms: float,
+    expires_at: float,
+    soft_expires_at: float | None = None,
+    **fields: object,
+) -> bytes:
     """Wrap a serialized value with its header."""
+    if soft_expires_at is not None:
+        fields = {"s": f"{soft_expires_at:.3f}", **fields}
     extra = "".join(f" {k}={v}" for k, v in fields.items())
     return b"%s d=%.3f x=%.3f%s\n%s" % (MAGIC, load_ms, expires_at, extra.encode(), payload)
 

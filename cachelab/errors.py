@@ -10,7 +10,11 @@ because you know best what they mean.
     ├── ConfigurationError          (also a ValueError)  bad argument; the message names the fix
     │   └── InvalidURLError                               a Redis URL that cannot be parsed
     ├── SerializationError          (also a TypeError)    a value that cannot be encoded/decoded
-    └── RedisUnavailableError       (also a ConnectionError) the Redis you asked for does not answer
+    ├── RedisUnavailableError       (also a ConnectionError) the Redis you asked for does not answer
+    ├── RemoteLoadError                                   the load you waited for failed elsewhere
+    └── LockError                                         a RedisLock could not do what you asked
+        ├── LockTimeoutError        (also a TimeoutError) waited longer than the timeout
+        └── LockLostError                                 the lock expired or was taken over
 
 Every message says what was wrong and what to do instead. Passwords in URLs are replaced by
 ``***`` before a URL appears in any message.
@@ -22,7 +26,11 @@ __all__ = [
     "CachelabError",
     "ConfigurationError",
     "InvalidURLError",
+    "LockError",
+    "LockLostError",
+    "LockTimeoutError",
     "RedisUnavailableError",
+    "RemoteLoadError",
     "SerializationError",
 ]
 
@@ -51,4 +59,28 @@ class RedisUnavailableError(CachelabError, ConnectionError):
 
     cachelab never falls back silently from a server you asked for by name: your numbers would
     quietly come from somewhere else.
+    """
+
+
+class LockError(CachelabError):
+    """A :class:`~cachelab.RedisLock` operation failed."""
+
+
+class LockTimeoutError(LockError, TimeoutError):
+    """Waiting for a lock took longer than the timeout you gave."""
+
+
+class LockLostError(LockError):
+    """The lock expired (or was taken over) while you thought you held it.
+
+    Whatever the lock protected may now be done by someone else at the same time: stop, and do not
+    write results without a fencing check.
+    """
+
+
+class RemoteLoadError(CachelabError):
+    """The load this caller waited for ran in another process and failed there.
+
+    In the process that ran it, callers get the loader's own exception; across processes only its
+    type and message travel (in the lock's release message), so they arrive wrapped in this.
     """

@@ -9,9 +9,11 @@ __all__ = ["Outcome", "Stats"]
 
 
 class Outcome(StrEnum):
-    """How one ``get_or_set`` call was answered."""
+    """How one ``lookup`` / ``get_or_set`` call was answered."""
 
-    HIT = "hit"  # the value came from Redis (possibly through a read shared with other callers)
+    HIT = "hit"  # a fresh value from Redis (possibly through a read shared with other callers)
+    STALE = "stale"  # an old value served at once while it is refreshed in the background
+    REFRESH = "refresh"  # the value was cached, but this caller recomputed it early (XFetch)
     LOAD = "load"  # it was missing and this caller ran the loader
     SHARED = "shared"  # it was missing and another caller's load answered this one (coalesced)
     ERROR = "error"  # the caller got an exception (reported by experiments, never returned)
@@ -21,25 +23,51 @@ class Outcome(StrEnum):
 class Stats:
     """Running counts for one :class:`~cachelab.Cache`.
 
-    Every lookup ends as exactly one of ``hits`` (answered from Redis), ``misses`` (answered by a
-    load) or ``errors`` (raised). A miss was answered either by this cache's own loader call
-    (``loads`` counts loader calls, failed ones included) or by another caller's load
-    (``coalesced``). ``corrupt`` counts stored entries that could not be decoded and were treated
-    as missing. The backend load a cache causes is ``loads``.
+    Every lookup ends as exactly one of ``hits`` (a fresh value from Redis), ``stale`` (an old
+    value served during a background refresh), ``refreshes`` (recomputed early by this caller),
+    ``misses`` (not cached, answered by a load) or ``errors`` (raised). A miss was answered either
+    by this cache's own loader call or by another caller's load (``coalesced``).
+
+    ``loads`` counts loader calls of every kind (misses, early and background refreshes, failed
+    ones too): the backend load this cache causes. ``rejected`` counts loaded values that were not
+    stored because the key's fence moved on meanwhile (a newer lock grant, write or delete).
+    ``corrupt`` counts stored entries that could not be decoded and were treated as missing.
     """
 
     hits: int = 0
+    stale: int = 0
+    refreshes: int = 0
     misses: int = 0
-    loads: int = 0
-    coalesced: int = 0
     errors: int = 0
+    coalesced: int = 0
+    loads: int = 0
+    rejected: int = 0
+    background_refreshes: int = 0
+    background_errors: int = 0
     corrupt: int = 0
 
     @property
+    def lookups(self) -> int:
+        return self.hits + self.stale + self.refreshes + self.misses + self.errors
+
+    @property
     def hit_ratio(self) -> float:
-        """Hits per lookup (0.0 before the first lookup)."""
-        lookups = self.hits + self.misses
-        return self.hits / lookups if lookups else 0.0
+        """Lookups answered from the cache (fresh or stale) per lookup (0.0 before any)."""
+        lookups = self.lookups
+        return (self.hits + self.stale) / lookups if lookups else 0.0
+
+    def count(self, outcome: Outcome) -> None:
+        """Record the outcome of one successful lookup."""
+        if outcome is Outcome.HIT:
+            self.hits += 1
+        elif outcome is Outcome.STALE:
+            self.stale += 1
+        elif outcome is Outcome.REFRESH:
+            self.refreshes += 1
+        else:
+            self.misses += 1
+            if outcome is Outcome.SHARED:
+                self.coalesced += 1
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

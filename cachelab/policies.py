@@ -1,7 +1,7 @@
 """Herd policies: when many callers want a key that is missing, who calls the loader?
 
 A herd policy is the piece of a :class:`~cachelab.Cache` that turns a read-through lookup into Redis
-reads and loader calls. Each is a small class with one method, so the policies read side by side:
+reads and loader calls. Each is a small class, so the policies read side by side:
 
 - ``"none"``: plain cache-aside; every caller that misses loads. This *is* the stampede, kept as
   the baseline.
@@ -10,26 +10,44 @@ reads and loader calls. Each is a small class with one method, so the policies r
   when the loader fails, every waiter tries again in turn.
 - ``"local"``: single-flight per process: concurrent lookups of a key share one Redis read and, on
   a miss, one load, and all get its value or its error.
+- ``"distributed"``: ``local`` first, then a :class:`~cachelab.RedisLock` per key, so one load
+  happens across every process. Only one coroutine per process waits on Redis, woken by a message
+  when the holder has stored the value; the holder's store is fenced.
+- ``"lease"``: memcache's leases (Nishtala et al., NSDI 2013): a miss is granted a lease token;
+  the fill must present it, and a write or delete of the key revokes it, so a slow filler cannot
+  store a value that an invalidation already superseded. Callers without the lease get the
+  previous value marked stale when one exists, else wait briefly and retry.
 
-Policies that coordinate across processes (``"distributed"``, ``"lease"``) plug in the same way.
+A policy has three entry points, all called by the cache: :meth:`~HerdPolicy.read` (the Redis read
+of a lookup), :meth:`~HerdPolicy.fill` (the key is missing: return a value and how it was
+obtained) and :meth:`~HerdPolicy.refresh` (a refresh policy asks for an early reload: do it, or
+return ``NOT_REFRESHED`` if someone else already is, so the caller serves the current value).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import ConfigurationError
+from . import fencing
+from .errors import ConfigurationError, LockLostError, LockTimeoutError, RemoteLoadError
 from .metrics import Outcome
 from .singleflight import InlineFlight, LockTable, SingleFlight
+from .subscriber import Subscriber
 
 if TYPE_CHECKING:
-    from .cache import Cache
+    from .cache import Cache, Entry
 
 __all__ = [
     "HERD_POLICIES",
+    "NOT_REFRESHED",
+    "Distributed",
     "HerdPolicy",
+    "Lease",
     "LocalSingleFlight",
     "LockTablePolicy",
     "NoProtection",
@@ -38,17 +56,32 @@ __all__ = [
 
 Loader = Callable[[], Awaitable[Any]]
 
+NOT_REFRESHED: Any = object()
+"""Returned by :meth:`HerdPolicy.refresh` when another caller is already reloading the key."""
+
 
 class HerdPolicy(ABC):
     """Decides who loads a missing key. One instance belongs to one cache (one process)."""
 
     name: ClassVar[str]
+    fenced: ClassVar[bool] = False
+    """True if writes through the cache must bump the key's fence (see :mod:`cachelab.fencing`)."""
+    keep_stale_ms: int = 0
+    """How long a deleted value stays readable as stale (only leases serve stale values)."""
+
+    async def read(self, cache: Cache, key: str) -> Entry | None:
+        """The Redis read of a lookup."""
+        return await cache.read_entry(key)
 
     @abstractmethod
-    async def lookup(
+    async def fill(
         self, cache: Cache, key: str, loader: Loader, ttl: float | None
     ) -> tuple[Any, Outcome]:
-        """Return the value of ``key`` (read from Redis or loaded) and how it was obtained."""
+        """``key`` was not cached: return its value and how it was obtained."""
+
+    async def refresh(self, cache: Cache, key: str, loader: Loader, ttl: float | None) -> Any:
+        """Reload ``key`` early; ``NOT_REFRESHED`` if another caller is already at it."""
+        return await cache.load_and_store(key, loader, ttl)
 
     def written(self, key: str) -> None:  # noqa: B027 - a hook; most policies need nothing
         """Called after this cache wrote or deleted ``key``: later lookups must see the write."""
@@ -62,8 +95,8 @@ class NoProtection(HerdPolicy):
 
     name = "none"
 
-    async def lookup(self, cache, key, loader, ttl):
-        return await cache.read_or_load(key, loader, ttl)
+    async def fill(self, cache, key, loader, ttl):
+        return await cache.load_and_store(key, loader, ttl), Outcome.LOAD
 
 
 class LockTablePolicy(HerdPolicy):
@@ -74,15 +107,18 @@ class LockTablePolicy(HerdPolicy):
     def __init__(self) -> None:
         self.locks = LockTable()
 
-    async def lookup(self, cache, key, loader, ttl):
-        found, value = await cache.read(key)
-        if found:
-            return value, Outcome.HIT
+    async def fill(self, cache, key, loader, ttl):
         async with self.locks.lock(key):
             found, value = await cache.read(key)
             if found:
                 return value, Outcome.SHARED
             return await cache.load_and_store(key, loader, ttl), Outcome.LOAD
+
+    async def refresh(self, cache, key, loader, ttl):
+        if key in self.locks:
+            return NOT_REFRESHED
+        async with self.locks.lock(key):
+            return await cache.load_and_store(key, loader, ttl)
 
 
 class LocalSingleFlight(HerdPolicy):
@@ -101,21 +137,242 @@ class LocalSingleFlight(HerdPolicy):
         self.reads = InlineFlight()
         self.flight = SingleFlight()
 
-    async def lookup(self, cache, key, loader, ttl):
-        (found, value), _ = await self.reads.do(key, lambda: cache.read(key))
-        if found:
-            return value, Outcome.HIT
+    async def read(self, cache, key):
+        entry, _leader = await self.reads.do(key, lambda: cache.read_entry(key))
+        return entry
+
+    async def fill(self, cache, key, loader, ttl):
         leader = key not in self.flight
-        value, _shared = await self.flight.do(key, lambda: cache.load_and_store(key, loader, ttl))
-        return value, Outcome.LOAD if leader else Outcome.SHARED
+        (value, outcome), _ = await self.flight.do(key, lambda: self.load(cache, key, loader, ttl))
+        if not leader and outcome is Outcome.LOAD:
+            outcome = Outcome.SHARED  # the leader loaded; this caller shared its result
+        return value, outcome
+
+    async def load(self, cache, key, loader, ttl) -> tuple[Any, Outcome]:
+        """The one load this process makes for a missing key, and how it went."""
+        return await cache.load_and_store(key, loader, ttl), Outcome.LOAD
+
+    async def refresh(self, cache, key, loader, ttl):
+        if key in self.flight:
+            return NOT_REFRESHED
+        value, _shared = await self.flight.do(key, lambda: self.reload(cache, key, loader, ttl))
+        return value
+
+    async def reload(self, cache, key, loader, ttl) -> Any:
+        """The one early reload this process makes."""
+        return await cache.load_and_store(key, loader, ttl)
 
     def written(self, key: str) -> None:
         self.reads.forget(key)
         self.flight.forget(key)
 
 
+class Distributed(LocalSingleFlight):
+    """One load per key across every process: local single-flight, then a Redis lock.
+
+    The process's one waiter subscribes to the key's channel, then tries the lock. The holder
+    re-reads (someone may have just filled it), loads, stores with its fencing token and releases,
+    which publishes "filled" (or the loader's error) to every waiting process. A waiter re-checks
+    when the lock's TTL runs out, so a crashed holder delays the others by at most ``lock_ttl``.
+    While loading, the holder extends its lock every ``lock_ttl / 3`` seconds, so a slow but
+    healthy load keeps it; a paused holder cannot extend, loses the lock, and its late store is
+    refused by the fence. ``fence=False`` turns that check off (for teaching only: then the late
+    store lands).
+    """
+
+    name = "distributed"
+    fenced = True
+
+    def __init__(
+        self,
+        *,
+        lock_ttl: float = 10.0,
+        wait_timeout: float | None = 30.0,
+        wait: str = "notify",
+        fence: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(lock_ttl, int | float) or isinstance(lock_ttl, bool) or lock_ttl <= 0:
+            raise ConfigurationError(
+                f"lock_ttl must be a positive number of seconds, got {lock_ttl!r}"
+            )
+        self.lock_ttl = float(lock_ttl)
+        self.wait_timeout = wait_timeout
+        self.wait = wait
+        self.fence = fence
+
+    def __repr__(self) -> str:
+        return f"Distributed(lock_ttl={self.lock_ttl:g}, wait={self.wait!r}, fence={self.fence})"
+
+    async def load(self, cache, key, loader, ttl):
+        lock = cache.lock_for(key, ttl=self.lock_ttl, wait=self.wait)
+        deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        notify = self.wait == "notify"
+        listening = Subscriber.of(cache.redis).listen(lock.channel) if notify else _no_inbox()
+        async with listening as inbox:
+            while True:
+                fence = await lock.try_acquire()
+                if fence is not None:
+                    return await self._load_holding(cache, key, loader, ttl, lock, fence)
+                wait = self._wait_for(lock, deadline, key)
+                message = await inbox.get(timeout=wait) if notify else await asyncio.sleep(wait)
+                if isinstance(message, bytes) and message.startswith(b"error "):
+                    raise RemoteLoadError(
+                        f"the load of {key!r} failed in another process: "
+                        f"{message[6:].decode(errors='replace')}"
+                    )
+                found, value = await cache.read(key)  # filled, expired lock, or LOST messages
+                if found:
+                    return value, Outcome.SHARED
+
+    def _wait_for(self, lock, deadline: float | None, key: str) -> float:
+        wanted = lock.poll_interval if self.wait == "poll" else lock.remaining_ms / 1000 + 0.001
+        if deadline is None:
+            return wanted
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockTimeoutError(
+                f"waited {self.wait_timeout:g} s for another process to load {key!r}; it holds "
+                "the lock but has not stored a value. Raise wait_timeout if loads are that slow."
+            )
+        return min(wanted, left)
+
+    async def reload(self, cache, key, loader, ttl):
+        lock = cache.lock_for(key, ttl=self.lock_ttl, wait=self.wait)
+        fence = await lock.try_acquire()
+        if fence is None:
+            return NOT_REFRESHED
+        value, _ = await self._load_holding(cache, key, loader, ttl, lock, fence, recheck=False)
+        return value
+
+    async def _load_holding(
+        self, cache, key, loader, ttl, lock, fence: int, recheck: bool = True
+    ) -> tuple[Any, Outcome]:
+        """Load while holding the lock (kept alive), store fenced, release with the outcome."""
+        keep_alive = asyncio.create_task(self._keep_alive(lock))
+        outcome = Outcome.SHARED
+        try:
+            found, value = await cache.read(key) if recheck else (False, None)
+            if not found:  # still missing now that we hold the lock: ours to load
+                token = fence if self.fence else None
+                value = await cache.load_and_store(key, loader, ttl, fence=token)
+                outcome = Outcome.LOAD
+        except Exception as exc:
+            await _release(lock, keep_alive, f"error {type(exc).__name__}: {exc}")
+            raise
+        except BaseException:
+            await _release(lock, keep_alive, "released")
+            raise
+        await _release(lock, keep_alive, "filled")
+        return value, outcome
+
+    @staticmethod
+    async def _keep_alive(lock) -> None:
+        with contextlib.suppress(LockLostError):
+            while True:
+                await asyncio.sleep(lock.ttl / 3)
+                await lock.extend()
+
+
+@contextlib.asynccontextmanager
+async def _no_inbox():
+    yield None
+
+
+async def _release(lock, keep_alive: asyncio.Task, message: str) -> None:
+    """Stop extending and release, even if the caller is being cancelled."""
+    keep_alive.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keep_alive
+    with contextlib.suppress(Exception):
+        await asyncio.shield(lock.release(message))
+
+
+class Lease(LocalSingleFlight):
+    """Memcache-style leases: a fill must present the token its miss was granted.
+
+    A write or delete through the cache revokes outstanding leases (it moves the fence), so a filler
+    that was slower than an invalidation cannot put the old value back. A deleted value stays
+    readable as *stale* for ``keep_stale_s`` seconds: callers that find the lease taken get it at
+    once (``Outcome.STALE``) instead of waiting. Without a stale value they sleep ``retry_s`` and
+    ask again (memcache's "wait a short time and retry"), for at most ``wait_timeout`` seconds.
+    """
+
+    name = "lease"
+    fenced = True
+
+    def __init__(
+        self,
+        *,
+        lease_ttl: float = 10.0,
+        retry_s: float = 0.01,
+        keep_stale_s: float = 10.0,
+        wait_timeout: float | None = 30.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("lease_ttl", lease_ttl), ("retry_s", retry_s)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
+        if keep_stale_s < 0:
+            raise ConfigurationError(f"keep_stale_s must be >= 0, got {keep_stale_s!r}")
+        self.lease_ttl = float(lease_ttl)
+        self.retry_s = float(retry_s)
+        self.keep_stale_ms = round(keep_stale_s * 1000)
+        self.wait_timeout = wait_timeout
+        self._script = None
+
+    def __repr__(self) -> str:
+        return f"Lease(lease_ttl={self.lease_ttl:g}, keep_stale_s={self.keep_stale_ms / 1000:g})"
+
+    async def _ask(self, cache, key) -> tuple[int, Any, Any]:
+        """One LEASE call: (1, value) | (2, stale value or b"", lease pttl) | (3, token)."""
+        if self._script is None:
+            self._script = cache.redis.register_script(fencing.LEASE)
+        keys = [cache.redis_key(key)] + [
+            cache.helper_key(key, r) for r in ("fence", "lease", "stale")
+        ]
+        reply = await self._script(
+            keys=keys, args=[round(self.lease_ttl * 1000), fencing.FENCE_TTL_MS]
+        )
+        return int(reply[0]), reply[1], reply[2] if len(reply) > 2 else None
+
+    async def fill(self, cache, key, loader, ttl):
+        leader = key not in self.flight
+        (value, outcome), _ = await self.flight.do(
+            key, lambda: self._lease(cache, key, loader, ttl)
+        )
+        if outcome is Outcome.STALE:
+            return value, outcome
+        return value, outcome if leader else Outcome.SHARED
+
+    async def _lease(self, cache, key, loader, ttl) -> tuple[Any, Outcome]:
+        deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        while True:
+            kind, first, _pttl = await self._ask(cache, key)
+            if kind == 3:
+                return await cache.load_and_store(key, loader, ttl, fence=int(first)), Outcome.LOAD
+            if kind == 1 or first:
+                entry = cache.decode(first)
+                if entry is not None:
+                    return entry.value, Outcome.SHARED if kind == 1 else Outcome.STALE
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"waited {self.wait_timeout:g} s for the lease holder of {key!r} to fill it; "
+                    "raise wait_timeout if loads are that slow"
+                )
+            await asyncio.sleep(self.retry_s)
+
+    async def reload(self, cache, key, loader, ttl):
+        """An early reload takes no lease (the value is still there) but is fenced by the current
+        version, so a write or delete during the reload wins."""
+        version = int(await cache.redis.get(cache.helper_key(key, "fence")) or 0)
+        return await cache.load_and_store(key, loader, ttl, fence=version)
+
+
 HERD_POLICIES: dict[str, type[HerdPolicy]] = {
-    p.name: p for p in (NoProtection, LockTablePolicy, LocalSingleFlight)
+    p.name: p for p in (NoProtection, LockTablePolicy, LocalSingleFlight, Distributed, Lease)
 }
 
 

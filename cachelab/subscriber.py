@@ -1,0 +1,172 @@
+"""One pub/sub connection per Redis client, shared by everything in the process that listens.
+
+A subscribed Redis connection can do nothing but (un)subscribe and receive, so opening one per
+waiter would cost a connection per waiting coroutine. :class:`Subscriber` multiplexes: any number
+of ``listen(channel)`` blocks share one connection and one reader task. The reader runs only while
+someone listens; when the last listener leaves, it is cancelled and the connection closed, so an
+idle process holds no task and no extra connection.
+
+Pub/sub is at-most-once: while the connection is down, messages are lost. When the reader loses
+its connection it reconnects (redis-py re-subscribes) and puts :data:`LOST` into every inbox, so
+listeners can re-check whatever state the lost messages were about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["LOST", "Inbox", "Subscriber"]
+
+LOST = object()
+"""Put into every inbox when the connection dropped: messages may have been missed."""
+
+_SUBSCRIBE_TIMEOUT = 5.0
+
+
+class Inbox:
+    """Messages for one ``listen`` block, in arrival order."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+
+    async def get(self, timeout: float | None = None) -> object | None:
+        """The next message payload (bytes), :data:`LOST`, or None when ``timeout`` expires."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+    def get_nowait(self) -> object | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def _put(self, item: object) -> None:
+        self._queue.put_nowait(item)
+
+
+class Subscriber:
+    """Shared pub/sub for one Redis client; get it with :meth:`of`."""
+
+    _by_client: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, Subscriber]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._pubsub = None
+        self._reader: asyncio.Task | None = None
+        self._inboxes: dict[bytes, set[Inbox]] = {}
+        self._confirmed: dict[bytes, asyncio.Future[None]] = {}
+        self._state = asyncio.Lock()
+        self.messages = 0
+        self.reconnects = 0
+
+    @classmethod
+    def of(cls, redis: aioredis.Redis) -> Subscriber:
+        """The process-wide subscriber of ``redis`` (created on first use)."""
+        found = cls._by_client.get(redis)
+        if found is None:
+            found = cls._by_client[redis] = cls(redis)
+        return found
+
+    @property
+    def channels(self) -> int:
+        return len(self._inboxes)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[Inbox]:
+        """Subscribe (confirmed by the server on entry) and yield an :class:`Inbox`."""
+        inbox = Inbox(channel)
+        await self._add(channel.encode(), inbox)
+        try:
+            yield inbox
+        finally:
+            await asyncio.shield(self._remove(channel.encode(), inbox))
+
+    async def _add(self, channel: bytes, inbox: Inbox) -> None:
+        async with self._state:
+            listeners = self._inboxes.setdefault(channel, set())
+            listeners.add(inbox)
+            if len(listeners) > 1:
+                return
+            if self._pubsub is None:
+                self._pubsub = self.redis.pubsub()
+            confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await self._pubsub.subscribe(channel)
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.create_task(self._read(), name="cachelab-subscriber")
+                async with asyncio.timeout(_SUBSCRIBE_TIMEOUT):
+                    await asyncio.shield(confirmed)
+            except BaseException:
+                listeners.discard(inbox)
+                if not listeners:
+                    del self._inboxes[channel]
+                self._confirmed.pop(channel, None)
+                await self._close_if_idle()
+                raise
+
+    async def _remove(self, channel: bytes, inbox: Inbox) -> None:
+        async with self._state:
+            listeners = self._inboxes.get(channel)
+            if listeners is None:
+                return
+            listeners.discard(inbox)
+            if listeners:
+                return
+            del self._inboxes[channel]
+            self._confirmed.pop(channel, None)
+            if self._inboxes and self._pubsub is not None:
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+            await self._close_if_idle()
+
+    async def _close_if_idle(self) -> None:
+        if self._inboxes:
+            return
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            await pubsub.aclose()
+
+    async def _read(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self.reconnects += 1
+                for listeners in self._inboxes.values():
+                    for inbox in listeners:
+                        inbox._put(LOST)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            if message is None:
+                continue
+            kind, channel = message["type"], message["channel"]
+            if kind == "subscribe":
+                future = self._confirmed.get(channel)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif kind == "message":
+                self.messages += 1
+                for inbox in self._inboxes.get(channel, ()):
+                    inbox._put(message["data"])
