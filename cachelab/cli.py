@@ -208,6 +208,9 @@ def stampede(
     jitter_ms: Annotated[
         float, typer.Option(help="Random ± variation of the load time (ms).")
     ] = 0.0,
+    processes: Annotated[
+        bool, typer.Option("--processes", help="Run each instance as a real OS process.")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON list instead of a table.")
     ] = False,
@@ -251,7 +254,7 @@ def stampede(
 
             return await sweep_stampede(
                 client_counts, policies, instances, loader_ms,
-                redis=redis, jitter_ms=jitter_ms, on_run=advance,
+                redis=redis, jitter_ms=jitter_ms, processes=processes, on_run=advance,
             )  # fmt: skip
 
     summaries, requests = _run(url, work)
@@ -264,8 +267,128 @@ def stampede(
         _write_csv(csv_path, records)
         err.print(f"wrote {csv_path}")
     if plot_path is not None:
-        _write_plot(plot_path, summaries, requests)
+        from .experiments import plot_stampede_overview
+
+        _save_figure(plot_path, lambda: plot_stampede_overview(summaries, requests))
         err.print(f"wrote {plot_path}")
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigurationError(
+            f"{what} must be comma-separated numbers, e.g. 0.5,1,1.5,2; got {text!r}"
+        ) from None
+    if not values or min(values) <= 0:
+        raise ConfigurationError(f"{what} must be positive numbers, got {text!r}")
+    return values
+
+
+@app.command()
+def expiry(
+    rate: Annotated[float, typer.Option(help="Requests per second on the hot key.")] = 200.0,
+    duration: Annotated[float, typer.Option(help="Seconds of traffic per run.")] = 20.0,
+    ttl: Annotated[float, typer.Option(help="The key's TTL in seconds.")] = 2.0,
+    loader_ms: Annotated[float, typer.Option(help="How long one recompute takes (ms).")] = 50.0,
+    instances: Annotated[int, typer.Option(help="Application instances sharing the traffic.")] = 1,
+    policy: Annotated[str, typer.Option(help=f"Herd policy: {','.join(HERD_POLICIES)}.")] = "none",
+    refresh: Annotated[
+        str, typer.Option(help="Refresh policies to compare: none,xfetch,swr.")
+    ] = "none,xfetch,swr",
+    beta: Annotated[str, typer.Option(help="XFetch beta values (one run each).")] = "1",
+    soft_ttl: Annotated[
+        float | None, typer.Option(help="Stale-while-revalidate soft TTL (s); default ttl/2.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for arrivals and XFetch draws.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead.")] = False,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write the summary as CSV.")
+    ] = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG chart here.")
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Steady traffic on a hot key that keeps expiring: recomputes and misses per expiry."""
+    from .experiments import expiry as expiry_module
+
+    try:
+        refreshes = [r.strip() for r in refresh.split(",") if r.strip()]
+        unknown = [r for r in refreshes if r not in expiry_module.REFRESH_NAMES]
+        if unknown or not refreshes:
+            raise ConfigurationError(
+                f"unknown refresh {', '.join(unknown) or refresh!r}; choose from none,xfetch,swr"
+            )
+        _policy_list(policy)
+        betas = _float_list(beta, "--beta")
+        expiry_module._check(rate, duration, ttl, loader_ms, instances, policy)
+        for path in (csv_path, plot_path):
+            if path is not None and not path.parent.exists():
+                raise ConfigurationError(f"folder {path.parent} does not exist; create it first")
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    configs = [(r, b) for r in refreshes for b in (betas if r == "xfetch" else [None])]
+
+    async def work(redis: aioredis.Redis):
+        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        results = []
+        with Progress(*columns, console=err, transient=True) as bar:
+            for name, b in configs:
+                label = name if b is None else f"xfetch β={b:g}"
+                task = bar.add_task(f"{label}: {duration:g} s of traffic", total=1.0)
+                results.append(
+                    await expiry_module.run_expiry(
+                        rate,
+                        duration,
+                        ttl,
+                        loader_ms,
+                        instances,
+                        policy,
+                        name,
+                        b if b is not None else 1.0,
+                        soft_ttl=soft_ttl,
+                        redis=redis,
+                        seed=seed,
+                        on_progress=lambda f, task=task: bar.update(task, completed=f),
+                    )
+                )
+        return results
+
+    results = _run(url, work)
+    records = [r.summary for r in results]
+    for record in records:
+        record["expected_recomputes"] = (
+            expiry_module.expected_xfetch_recomputes(record["beta"]) if record["beta"] else None
+        )
+    if as_json:
+        out.print_json(json.dumps(records))
+    else:
+        out.print(_expiry_table(records))
+    if csv_path is not None:
+        _write_csv(csv_path, records)
+        err.print(f"wrote {csv_path}")
+    if plot_path is not None:
+        from .experiments import plot_expiry_overview
+
+        _save_figure(plot_path, lambda: plot_expiry_overview(results))
+        err.print(f"wrote {plot_path}")
+
+
+def _expiry_table(records: list[dict]) -> Table:
+    table = Table(title="Expiry stampede: steady traffic on one hot key")
+    for name in ("refresh", "beta", "policy", "expiries", "recomputes/expiry", "e^(1/β)",
+                 "max", "misses", "stale", "p50 ms", "p99 ms"):  # fmt: skip
+        table.add_column(name, justify="left" if name in ("refresh", "policy") else "right")
+    for r in records:
+        table.add_row(
+            r["refresh"], "" if r["beta"] is None else f"{r['beta']:g}", r["policy"],
+            str(r["expiries"]), f"{r['recomputes_per_expiry']:.2f}",
+            "" if r["expected_recomputes"] is None else f"{r['expected_recomputes']:.2f}",
+            str(r["max_recomputes"]), str(r["misses"]), str(r["stale"]),
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+        )  # fmt: skip
+    return table
 
 
 def _stampede_table(records: list[dict]) -> Table:
@@ -289,15 +412,14 @@ def _write_csv(path: Path, records: list[dict]) -> None:
         writer.writerows(records)
 
 
-def _write_plot(path: Path, summaries, requests) -> None:
+def _save_figure(path: Path, draw) -> None:
+    """Draw with the non-interactive Agg backend (no display needed) and save a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .experiments import plot_stampede_overview
-
-    fig = plot_stampede_overview(summaries, requests)
+    fig = draw()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import importlib
 import importlib.util
 import os
 import re
@@ -52,9 +53,11 @@ from .errors import ConfigurationError, InvalidURLError, RedisUnavailableError
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
+    "ClientSpec",
     "RedisSource",
     "clone_client",
     "connect",
+    "portable_spec",
     "redact_url",
     "source_of",
 ]
@@ -351,6 +354,49 @@ def clone_client(client: aioredis.Redis, *, max_connections: int | None = None) 
     if client in _sources:
         _sources[clone] = _sources[client]
     return clone
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What another process needs to open its own client to the same server (picklable)."""
+
+    connection_class: type
+    kwargs: dict
+
+    def to_json(self) -> dict:
+        cls = self.connection_class
+        return {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": self.kwargs}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ClientSpec:
+        module, _, name = data["class"].partition(":")
+        connection_class = getattr(importlib.import_module(module), name)
+        return cls(connection_class, dict(data["kwargs"]))
+
+    def client(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool(
+            connection_class=self.connection_class,
+            max_connections=max_connections,
+            timeout=DEFAULT_POOL_TIMEOUT,
+            **self.kwargs,
+        )
+        return aioredis.Redis.from_pool(pool)
+
+
+def portable_spec(client: aioredis.Redis) -> ClientSpec:
+    """A :class:`ClientSpec` for ``client``'s server, to hand to a worker process.
+
+    fakeredis lives inside one process, so it cannot be shared this way.
+    """
+    pool = client.connection_pool
+    if isinstance(pool.connection_kwargs.get("server"), fakeredis.FakeServer):
+        raise ConfigurationError(
+            "other processes cannot reach an in-process fakeredis; start Redis (or use "
+            "`await cachelab.connect('embedded://')`) to run experiments as OS processes"
+        )
+    plain = (str, int, float, bool, type(None))
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if isinstance(v, plain)}
+    return ClientSpec(pool.connection_class, kwargs)
 
 
 # --- the embedded server ----------------------------------------------------------------------

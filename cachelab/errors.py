@@ -12,6 +12,7 @@ because you know best what they mean.
     ├── SerializationError          (also a TypeError)    a value that cannot be encoded/decoded
     ├── RedisUnavailableError       (also a ConnectionError) the Redis you asked for does not answer
     ├── RemoteLoadError                                   the load you waited for failed elsewhere
+    ├── ExperimentError                                   an experiment's worker process failed
     └── LockError                                         a RedisLock could not do what you asked
         ├── LockTimeoutError        (also a TimeoutError) waited longer than the timeout
         └── LockLostError                                 the lock expired or was taken over
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "CachelabError",
     "ConfigurationError",
+    "ExperimentError",
     "InvalidURLError",
     "LockError",
     "LockLostError",
@@ -83,4 +85,11 @@ class RemoteLoadError(CachelabError):
 
     In the process that ran it, callers get the loader's own exception; across processes only its
     type and message travel (in the lock's release message), so they arrive wrapped in this.
+    """
+
+
+class ExperimentError(CachelabError):
+    """An experiment could not finish: a worker process failed, died or timed out.
+
+    The message carries the worker's own traceback, so the cause is visible from the notebook.
     """

@@ -33,6 +33,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from redis.exceptions import RedisError
+
 from . import fencing
 from .errors import ConfigurationError, LockLostError, LockTimeoutError, RemoteLoadError
 from .metrics import Outcome
@@ -271,7 +273,10 @@ class Distributed(LocalSingleFlight):
         with contextlib.suppress(LockLostError):
             while True:
                 await asyncio.sleep(lock.ttl / 3)
-                await lock.extend()
+                try:
+                    await lock.extend()
+                except (RedisError, OSError):
+                    continue  # a network blip: try again; if the lock expires, the fence guards
 
 
 @contextlib.asynccontextmanager

@@ -80,10 +80,11 @@ class XFetch(RefreshPolicy):
     name = "xfetch"
 
     def __post_init__(self) -> None:
-        if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or self.beta <= 0:
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta < math.inf:
             raise ConfigurationError(
-                f"XFetch beta must be a positive number, got {self.beta!r}; 1.0 is the paper's "
-                "default, larger values refresh earlier"
+                f"XFetch beta must be a positive, finite number, got {beta!r}; 1.0 is the "
+                "paper's default, larger values refresh earlier"
             )
         self._random = (self.rng or random.Random()).random
 

@@ -64,7 +64,8 @@ class Subscriber:
     )
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+        # weak: _by_client's values must not keep their keys (the clients) alive
+        self._redis = weakref.ref(redis)
         self._pubsub = None
         self._reader: asyncio.Task | None = None
         self._inboxes: dict[bytes, set[Inbox]] = {}
@@ -80,6 +81,11 @@ class Subscriber:
         if found is None:
             found = cls._by_client[redis] = cls(redis)
         return found
+
+    @property
+    def redis(self) -> aioredis.Redis | None:
+        """The client this subscriber belongs to (None once it was garbage-collected)."""
+        return self._redis()
 
     @property
     def channels(self) -> int:

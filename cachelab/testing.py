@@ -11,11 +11,11 @@ import random
 import time
 from dataclasses import dataclass
 
-import pandas as pd
-
 from .errors import ConfigurationError
 
-__all__ = ["BackendError", "Gate", "SlowBackend"]
+__all__ = ["BACKEND_COLUMNS", "BackendError", "Gate", "SlowBackend"]
+
+BACKEND_COLUMNS = ["key", "start_ms", "end_ms", "ok"]
 
 
 class BackendError(Exception):
@@ -53,6 +53,7 @@ class SlowBackend:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.versions: dict[str, int] = {}
+        self.rows: dict[str, object] = {}
         self.log: list[BackendCall] = []
         self._random = random.Random(seed)
 
@@ -60,8 +61,8 @@ class SlowBackend:
         jitter = self._random.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0
         return max(0.0, self.latency_ms + jitter) / 1000
 
-    async def fetch(self, key: str) -> dict:
-        """Return ``{"key": key, "version": n}`` after the configured delay."""
+    async def fetch(self, key: str):
+        """After the delay, the row last stored for ``key``, else ``{"key": key, "version": n}``."""
         self.calls += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -73,19 +74,25 @@ class SlowBackend:
             await asyncio.sleep(self._delay())
             if failing:
                 raise BackendError(f"backend failed while loading {key!r} (simulated)")
+            if key in self.rows:
+                return self.rows[key]
             return {"key": key, "version": self.versions.get(key, 0)}
         finally:
             self.in_flight -= 1
             self.log.append(BackendCall(key, start, time.perf_counter(), not failing))
 
-    async def store(self, key: str, value: dict) -> None:
-        """Persist a write (for write-through): bumps the key's version after the delay."""
+    async def store(self, key: str, value: object) -> None:
+        """Persist a write (for write-through) after the delay; later fetches return ``value``.
+
+        Each store also bumps the key's version, so experiments can tell old data from new.
+        """
         await asyncio.sleep(self._delay())
+        self.rows[key] = value
         self.versions[key] = self.versions.get(key, 0) + 1
 
-    def calls_frame(self, origin: float = 0.0) -> pd.DataFrame:
-        """One row per call: key, start_ms, end_ms (relative to ``origin``), ok."""
-        rows = [
+    def call_records(self, origin: float = 0.0) -> list[dict]:
+        """One dict per call: key, start_ms, end_ms (relative to ``origin``), ok."""
+        return [
             {
                 "key": c.key,
                 "start_ms": (c.start - origin) * 1000,
@@ -94,7 +101,12 @@ class SlowBackend:
             }
             for c in self.log
         ]
-        return pd.DataFrame(rows, columns=["key", "start_ms", "end_ms", "ok"])
+
+    def calls_frame(self, origin: float = 0.0):
+        """:meth:`call_records` as a pandas DataFrame (columns ``BACKEND_COLUMNS``)."""
+        import pandas as pd  # only here: worker processes should not pay for importing pandas
+
+        return pd.DataFrame(self.call_records(origin), columns=BACKEND_COLUMNS)
 
 
 class Gate:

@@ -19,7 +19,6 @@ from cachelab import (
 )
 from cachelab.testing import BackendError, Gate, SlowBackend
 
-
 COUNTERS = ("hits", "misses", "loads", "coalesced", "errors", "corrupt")
 
 

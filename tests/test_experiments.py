@@ -25,6 +25,7 @@ from cachelab.experiments import (
     plot_latency_cdf,
     plot_stampede_overview,
     plot_timeline,
+    plot_timelines,
     run_stampede,
     sweep_stampede,
 )
@@ -135,12 +136,51 @@ async def test_a_given_client_is_not_closed(any_redis):
         ({"instances": 0}, "instances"),
         ({"policy": "nope"}, "none"),
         ({"loader_ms": -1}, "loader_ms"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"pool_size": -1}, "pool_size"),
+        ({"pool_size": 2.5}, "pool_size"),
     ],
 )
 async def test_bad_arguments(any_redis, args, match):
     options = {"clients": 10, "instances": 2, "policy": "local", "loader_ms": 1} | args
     with pytest.raises(ConfigurationError, match=match):
         await run_stampede(**options, redis=any_redis)
+
+
+async def test_a_bad_pool_size_is_refused_before_connecting(monkeypatch):
+    async def no_connect(**_options):
+        raise AssertionError("connected although the arguments were invalid")
+
+    monkeypatch.setattr(stampede_module, "connect", no_connect)
+    with pytest.raises(ConfigurationError, match="pool_size"):
+        await run_stampede(10, 2, "local", loader_ms=1, pool_size=0)
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "clients", "expected"), [(64, 40, 20), (3, 40, 3), (1, 9, 1)]
+)
+async def test_pool_size_caps_each_instance_s_connections(
+    any_redis, monkeypatch, pool_size, clients, expected
+):
+    sizes = []
+    original = stampede_module.clone_client
+
+    def spy_clone(client, *, max_connections=None):
+        sizes.append(max_connections)
+        return original(client, max_connections=max_connections)
+
+    monkeypatch.setattr(stampede_module, "clone_client", spy_clone)
+    await run_stampede(clients, 2, "local", loader_ms=1, redis=any_redis, pool_size=pool_size)
+    assert sizes == [expected, expected]
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+async def test_one_connection_per_instance_still_makes_one_load_per_instance(any_redis, instances):
+    result = await run_stampede(30, instances, "local", loader_ms=5, redis=any_redis, pool_size=1)
+    check_frame(result, 30, instances, "local")
+    assert result.summary["loads"] == instances
+    assert result.summary["backend_calls"] == instances
+    assert result.summary["errors"] == 0
 
 
 async def test_sweep_one_row_per_policy_and_client_count(any_redis):
@@ -224,6 +264,44 @@ async def test_plot_timeline_on_given_axes_with_title(fake_redis):
     assert ax.get_title() == "mine"
 
 
+async def test_plot_timelines_one_panel_per_result_on_a_shared_time_axis(fake_redis):
+    results = [
+        await run_stampede(12, 2, "none", loader_ms=5, redis=fake_redis),
+        await run_stampede(12, 2, "local", loader_ms=5, redis=fake_redis),
+        await run_stampede(6, 1, "lock_table", loader_ms=5, redis=fake_redis),
+    ]
+    fig = plot_timelines(results)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3
+    top, middle, bottom = fig.axes
+    assert top.get_shared_x_axes().joined(top, bottom)
+    assert middle.get_shared_x_axes().joined(middle, bottom)
+    fig.canvas.draw()
+    assert top.get_xlim() == bottom.get_xlim()
+    assert top.get_title() == "none: 12 requests, 2 instance(s)"
+    assert middle.get_title() == "local: 12 requests, 2 instance(s)"
+    assert bottom.get_title() == "lock_table: 6 requests, 1 instance(s)"
+    assert (top.get_xlabel(), middle.get_xlabel()) == ("", "")
+    check_labels(bottom, x_unit="ms")
+    assert "load (2)" in " ".join(legend_texts(middle))
+    assert "backend call (2)" in " ".join(legend_texts(middle))
+
+
+async def test_plot_timelines_with_titles(fake_redis):
+    results = [
+        await run_stampede(4, 1, p, loader_ms=1, redis=fake_redis) for p in ("none", "local")
+    ]
+    fig = plot_timelines(results, titles=["first", "second"])
+    assert [ax.get_title() for ax in fig.axes] == ["first", "second"]
+
+
+async def test_plot_timelines_of_one_result(fake_redis):
+    fig = plot_timelines([await run_stampede(4, 1, "local", loader_ms=1, redis=fake_redis)])
+    (ax,) = fig.axes
+    check_labels(ax, x_unit="ms")
+    assert "local" in ax.get_title()
+
+
 async def test_plot_backend_calls(sweep):
     summaries, _ = sweep
     ax = plot_backend_calls(summaries)
@@ -249,6 +327,24 @@ async def test_plot_latency_cdf(sweep):
     assert any("local" in t for t in labels)
 
 
+async def test_plot_latency_cdf_mark_ms(sweep):
+    _, requests = sweep
+    ax = plot_latency_cdf(requests, mark_ms=5)
+    labels = legend_texts(ax)
+    assert len(labels) == 3
+    assert "one load (5 ms)" in labels
+    marks = [line for line in ax.get_lines() if line.get_label() == "one load (5 ms)"]
+    assert len(marks) == 1
+    assert list(marks[0].get_xdata()) == [5, 5]
+
+
+async def test_plot_latency_cdf_without_mark_ms_has_no_mark(sweep):
+    _, requests = sweep
+    ax = plot_latency_cdf(requests)
+    assert not any("one load" in t for t in legend_texts(ax))
+    assert not any(line.get_label().startswith("one load") for line in ax.get_lines())
+
+
 async def test_plot_stampede_overview_sweep(sweep):
     summaries, requests = sweep
     fig = plot_stampede_overview(summaries, requests)
@@ -257,7 +353,7 @@ async def test_plot_stampede_overview_sweep(sweep):
     check_labels(left)
     check_labels(right, x_unit="ms")
     assert any("local" in t for t in legend_texts(left))
-    assert any("loader time" in t for t in legend_texts(right))
+    assert any("one load" in t for t in legend_texts(right))
     assert any("none" in t for t in legend_texts(right))
 
 

@@ -1,19 +1,42 @@
 """Experiments that show caching problems and their fixes, returning tidy pandas frames."""
 
 from ..testing import BackendError, Gate, SlowBackend
-from .plots import plot_backend_calls, plot_latency_cdf, plot_stampede_overview, plot_timeline
+from .expiry import (
+    ExpiryResult,
+    expected_xfetch_recomputes,
+    run_expiry,
+    simulate_xfetch,
+)
+from .plots import (
+    plot_backend_calls,
+    plot_expiry_overview,
+    plot_latency_cdf,
+    plot_stampede_overview,
+    plot_timeline,
+    plot_timelines,
+)
+from .reads import READ_COLUMNS, measure_reads, plot_reads
 from .stampede import REQUEST_COLUMNS, StampedeResult, run_stampede, sweep_stampede
 
 __all__ = [
+    "READ_COLUMNS",
     "REQUEST_COLUMNS",
     "BackendError",
+    "ExpiryResult",
     "Gate",
     "SlowBackend",
     "StampedeResult",
+    "expected_xfetch_recomputes",
+    "measure_reads",
     "plot_backend_calls",
+    "plot_expiry_overview",
     "plot_latency_cdf",
+    "plot_reads",
     "plot_stampede_overview",
     "plot_timeline",
+    "plot_timelines",
+    "run_expiry",
     "run_stampede",
+    "simulate_xfetch",
     "sweep_stampede",
 ]

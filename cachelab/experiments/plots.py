@@ -6,6 +6,8 @@ the Axes, so a notebook can end the cell with ``;`` and a test can inspect what 
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -16,9 +18,11 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "OUTCOME_COLORS",
     "plot_backend_calls",
+    "plot_expiry_overview",
     "plot_latency_cdf",
     "plot_stampede_overview",
     "plot_timeline",
+    "plot_timelines",
 ]
 
 OUTCOME_COLORS = {
@@ -107,9 +111,18 @@ def plot_backend_calls(
 
 
 def plot_latency_cdf(
-    requests: pd.DataFrame, *, by: str = "policy", ax: Axes | None = None, title: str | None = None
+    requests: pd.DataFrame,
+    *,
+    by: str = "policy",
+    ax: Axes | None = None,
+    title: str | None = None,
+    mark_ms: float | None = None,
 ) -> Axes:
-    """Fraction of requests answered within x ms, one curve per value of ``by``."""
+    """Fraction of requests answered within x ms, one curve per value of ``by``.
+
+    ``mark_ms`` draws a dotted vertical line there, e.g. at the loader time: the least a request
+    for a cold key can wait.
+    """
     ax = _axes(ax)
     for name, rows in requests.groupby(by, sort=False):
         values = np.sort(rows["latency_ms"].to_numpy())
@@ -120,6 +133,8 @@ def plot_latency_cdf(
             where="post",
             label=f"{by} {name} (p99 {np.percentile(values, 99):.0f} ms)",
         )
+    if mark_ms is not None:
+        ax.axvline(mark_ms, ls=":", color="grey", label=f"one load ({mark_ms:g} ms)")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("fraction of requests answered")
     ax.set_ylim(0, 1.02)
@@ -150,9 +165,84 @@ def plot_stampede_overview(summaries: pd.DataFrame, requests: pd.DataFrame):
         left.legend([bars], ["backend calls (loads)"])
     largest = requests[requests["clients"] == requests["clients"].max()]
     plot_latency_cdf(
-        largest, ax=right, title=f"Latency of {largest['clients'].iloc[0]} concurrent requests"
+        largest,
+        ax=right,
+        title=f"Latency of {largest['clients'].iloc[0]} concurrent requests",
+        mark_ms=summaries["loader_ms"].iloc[0],
     )
-    loader = summaries["loader_ms"].iloc[0]
-    right.axvline(loader, ls=":", color="grey", label=f"loader time ({loader:g} ms)")
-    right.legend(loc="lower right")
+    return fig
+
+
+def plot_timelines(results, *, titles: list[str] | None = None):
+    """Stacked request timelines of several stampede results on one shared time axis.
+
+    ``results`` are :class:`~cachelab.experiments.StampedeResult` objects; the default title of
+    each panel names its policy, clients and instances.
+    """
+    results = list(results)
+    fig, axes = plt.subplots(
+        len(results), 1, figsize=(9, 3.4 * len(results)), sharex=True, layout="constrained",
+        squeeze=False,
+    )  # fmt: skip
+    for i, (result, ax) in enumerate(zip(results, axes[:, 0], strict=True)):
+        s = result.summary
+        default = f"{s['policy']}: {s['clients']} requests, {s['instances']} instance(s)"
+        plot_timeline(
+            result.requests, result.backend, ax=ax, title=titles[i] if titles else default
+        )
+        if i < len(results) - 1:
+            ax.set_xlabel("")
+    return fig
+
+
+def _config_label(summary: dict) -> str:
+    beta = summary.get("beta")
+    label = summary["refresh"] if beta is None else f"xfetch β={beta:g}"
+    return label if summary.get("policy") in (None, "none") else f"{label} + {summary['policy']}"
+
+
+def plot_expiry_overview(results):
+    """Compare expiry runs: recomputes and misses per expiry, and when the backend was called.
+
+    ``results`` are :class:`~cachelab.experiments.ExpiryResult` objects. XFetch bars carry a
+    marker at the paper's closed form ``e^(1/beta)``.
+    """
+    results = list(results)
+    labels = [_config_label(r.summary) for r in results]
+    fig, (left, middle, right) = plt.subplots(
+        1, 3, figsize=(15, 4.5), layout="constrained", width_ratios=[1, 1, 1.4]
+    )
+    x = np.arange(len(results))
+    recomputes = [r.summary["recomputes_per_expiry"] for r in results]
+    bars = left.bar(x, recomputes, color="#1f77b4", label="measured (mean)")
+    left.bar_label(bars, fmt="%.2f")
+    expected = [
+        (i, math.exp(1 / r.summary["beta"])) for i, r in enumerate(results) if r.summary["beta"]
+    ]
+    if expected:
+        left.scatter(*zip(*expected, strict=True), marker="_", s=600, color="black", zorder=3,
+                     label="closed form e^(1/β)")  # fmt: skip
+    left.set_ylabel("backend calls per expiry")
+    left.set_title("Recomputes per expiry")
+    misses = [r.summary["misses"] / max(1, r.summary["expiries"]) for r in results]
+    bars = middle.bar(x, misses, color="#d62728", label="requests that found no value")
+    middle.bar_label(bars, fmt="%.1f")
+    middle.set_ylabel("misses per expiry (requests)")
+    middle.set_title("Requests that waited for a load")
+    for ax in (left, middle):
+        ax.set_xticks(x, labels, rotation=20, ha="right")
+        ax.set_xlabel("refresh policy")
+        ax.legend(loc="upper right", fontsize="small")
+    for i, result in enumerate(results):
+        starts = result.backend["start_ms"] / 1000
+        right.scatter(starts, np.full(len(starts), i), marker="|", s=120, label=None)
+    right.set_yticks(x, labels)
+    right.set_xlabel("time since the start of the run (s)")
+    right.set_ylabel("refresh policy")
+    ttl = results[0].summary["ttl"]
+    right.set_title(f"When the backend was called (TTL {ttl:g} s; one mark per call)")
+    right.scatter([], [], marker="|", color="grey", label="backend call")
+    right.legend(loc="upper right", fontsize="small")
+    rate = results[0].summary["rate"]
+    fig.suptitle(f"Expiry stampede on a hot key: {rate:g} requests/s")
     return fig

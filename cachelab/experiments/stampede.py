@@ -10,7 +10,6 @@ single-flight it is one per instance.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ import redis.asyncio as aioredis
 from ..cache import Cache
 from ..connection import clone_client, connect
 from ..errors import ConfigurationError
+from ..instances import StampedePlan, prepare_instance, run_in_processes
 from ..metrics import Outcome
 from ..policies import HERD_POLICIES
-from ..testing import Gate, SlowBackend
+from ..testing import BACKEND_COLUMNS, Gate
 
 __all__ = ["REQUEST_COLUMNS", "StampedeResult", "run_stampede", "sweep_stampede"]
 
@@ -40,7 +40,9 @@ class StampedeResult:
 
     ``requests`` has one row per client request (see ``REQUEST_COLUMNS``; times in ms from the
     moment the gate opened), ``backend`` one row per backend call, and ``summary`` the run's
-    counts and latency percentiles.
+    counts and latency percentiles. In the summary, ``hits``, ``loads``, ``coalesced`` and
+    ``errors`` count *requests* by outcome and add up to ``clients`` (``loads``: requests whose
+    own loader call succeeded), while ``backend_calls`` counts every loader call, failed ones too.
     """
 
     requests: pd.DataFrame
@@ -74,75 +76,109 @@ async def run_stampede(
     loader_ms: float = 50.0,
     *,
     redis: aioredis.Redis | None = None,
+    processes: bool = False,
     jitter_ms: float = 0.0,
     failures: int = 0,
     ttl: float = 60.0,
+    pool_size: int = 64,
     seed: int | None = None,
 ) -> StampedeResult:
     """Release ``clients`` requests for one cold key across ``instances`` and measure.
 
-    ``failures`` makes the backend's first calls fail (to see how a policy spreads an error).
-    Without ``redis``, a client from :func:`cachelab.connect` is used (and closed afterwards).
-    The run's keys live in a fresh namespace that is removed at the end.
+    With ``processes=True`` every instance is a real OS process (with its own event loop, its own
+    CPU time and its own backend counter), all released at one shared instant; this needs a real
+    Redis server. The default simulates the instances inside this event loop, which is faster to
+    start and deterministic enough for counts, but shares one CPU between all instances.
+
+    ``failures`` makes the backend's first calls fail (to see how a policy spreads an error; with
+    processes, each process's backend fails its first ``failures`` calls). ``pool_size`` caps each
+    instance's connections: with a fast loader, how many GETs can be in flight at once decides how
+    many requests miss before the first load is stored. Without ``redis``, a client from
+    :func:`cachelab.connect` is used (and closed afterwards). The run's keys live in a fresh
+    namespace that is removed at the end.
     """
     _check_counts(clients, instances, loader_ms)
     if policy not in HERD_POLICIES:
         raise ConfigurationError(
             f"unknown herd policy {policy!r}; choose one of {', '.join(HERD_POLICIES)}"
         )
+    if not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigurationError(f"pool_size must be a positive int, got {pool_size!r}")
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
-    namespace = f"cachelab:stampede:{uuid.uuid4().hex[:12]}"
-    per_instance = -(-clients // instances)
-    pools = [clone_client(base, max_connections=min(64, per_instance)) for _ in range(instances)]
-    caches = [Cache(p, namespace=namespace, ttl=ttl, policy=policy) for p in pools]
-    backend = SlowBackend(loader_ms, jitter_ms, seed=seed)
-    backend.fail_next = failures
-    gate = Gate()
-    key = "hot"
-
-    async def request(client: int) -> dict:
-        instance = client % instances
-        await gate.wait()
-        start = time.perf_counter()
-        try:
-            outcome = (await caches[instance].lookup(key, lambda: backend.fetch(key))).outcome
-        except Exception:
-            outcome = Outcome.ERROR
-        return {"instance": instance, "client": client, "start": start,
-                "end": time.perf_counter(), "outcome": str(outcome)}  # fmt: skip
-
+    plan = StampedePlan(
+        namespace=f"cachelab:stampede:{uuid.uuid4().hex[:12]}",
+        policy=policy,
+        loader_ms=float(loader_ms),
+        jitter_ms=float(jitter_ms),
+        failures=failures,
+        ttl=ttl,
+        connections=min(pool_size, -(-clients // instances)),
+        seed=seed,
+    )
+    assignments = [list(range(i, clients, instances)) for i in range(instances)]
     try:
-        await asyncio.gather(*(_warm(p, min(64, per_instance)) for p in pools))
-        tasks = [asyncio.ensure_future(request(c)) for c in range(clients)]
-        try:
-            await gate.arrivals(clients)
-            opened = gate.open()
-            rows = await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-        await caches[0].clear()
+        if processes:
+            rows, records = await run_in_processes(base, plan, assignments)
+            calls = pd.DataFrame(records, columns=BACKEND_COLUMNS)
+        else:
+            rows, calls = await _run_in_this_loop(base, plan, assignments)
+        await Cache(base, namespace=plan.namespace, ttl=ttl).clear()
     finally:
-        await asyncio.gather(*(p.aclose() for p in pools))
         if owned:
             await base.aclose()
+    return _result(rows, calls, plan, clients, instances)
 
+
+async def _run_in_this_loop(base, plan: StampedePlan, assignments: list[list[int]]):
+    pools = [clone_client(base, max_connections=plan.connections) for _ in assignments]
+    backend = plan.backend()  # one shared database, as for real instances
+    gate = Gate()
+    runs = []
+    try:
+        for i, (pool, ids) in enumerate(zip(pools, assignments, strict=True)):
+            runs.append(await prepare_instance(i, pool, plan, ids, backend, gate))
+        await gate.arrivals(sum(map(len, assignments)))
+        opened = gate.open()
+        rows = [row for finished in await asyncio.gather(*runs) for row in finished]
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*(p.aclose() for p in pools))
+    return _relative(rows, opened), backend.calls_frame(origin=opened)
+
+
+def _relative(rows: list[dict], opened: float) -> list[dict]:
+    for row in rows:
+        row["start_ms"] = (row.pop("start") - opened) * 1000
+        row["end_ms"] = (row.pop("end") - opened) * 1000
+    return rows
+
+
+def _peak_concurrency(calls: pd.DataFrame) -> int:
+    """Most backend calls in flight at once, from their start and end times."""
+    events = sorted([(t, 1) for t in calls["start_ms"]] + [(t, -1) for t in calls["end_ms"]])
+    peak = running = 0
+    for _t, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def _result(rows, calls: pd.DataFrame, plan: StampedePlan, clients, instances) -> StampedeResult:
     frame = pd.DataFrame(rows)
-    frame["start_ms"] = (frame["start"] - opened) * 1000
-    frame["end_ms"] = (frame["end"] - opened) * 1000
     frame["latency_ms"] = frame["end_ms"] - frame["start_ms"]
-    frame["policy"] = policy
-    frame = frame[REQUEST_COLUMNS]
+    frame["policy"] = plan.policy
+    frame = frame.sort_values("client", ignore_index=True)[REQUEST_COLUMNS]
     counts = frame["outcome"].value_counts()
     latency = frame["latency_ms"]
     summary = {
-        "policy": policy,
+        "policy": plan.policy,
         "clients": clients,
         "instances": instances,
-        "loader_ms": float(loader_ms),
-        "backend_calls": backend.calls,
-        "peak_backend_concurrency": backend.peak_in_flight,
+        "loader_ms": plan.loader_ms,
+        "backend_calls": len(calls),
+        "peak_backend_concurrency": _peak_concurrency(calls),
         "hits": int(counts.get(Outcome.HIT, 0)),
         "loads": int(counts.get(Outcome.LOAD, 0)),
         "coalesced": int(counts.get(Outcome.SHARED, 0)),
@@ -152,7 +188,7 @@ async def run_stampede(
         "p99_ms": float(latency.quantile(0.99)),
         "max_ms": float(latency.max()),
     }
-    return StampedeResult(frame, backend.calls_frame(origin=opened), summary)
+    return StampedeResult(frame, calls, summary)
 
 
 async def _warm(client: aioredis.Redis, connections: int) -> None:
