@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _report import write_section
+
 import cachelab
 
 WORKERS = 50
@@ -107,19 +109,6 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "Target: ratio >= 0.85.", ""]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str, name: str) -> None:
-    """Replace this benchmark's section of docs/benchmarks.md (between markers), keep the rest."""
-    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = f"{begin}\n{section}{end}\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ mechanism.
 
 from __future__ import annotations
 
-__all__ = ["FENCE_TTL_MS", "FILL", "LEASE", "WRITE"]
+__all__ = ["FENCE_TTL_MS", "FILL", "GIVE_BACK", "LEASE", "WRITE"]
 
 FENCE_TTL_MS = 24 * 3600 * 1000
 """Counters live a day past their last use: far longer than any fill, short enough to clean up."""
@@ -61,4 +61,12 @@ local token = redis.call('incr', KEYS[2])
 redis.call('pexpire', KEYS[2], ARGV[2])
 redis.call('set', KEYS[3], token, 'PX', ARGV[1])
 return {3, token}
+"""
+
+GIVE_BACK = """
+-- KEYS: lease   ARGV: token   (a failed filler returns its lease, if it still holds it)
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
 """

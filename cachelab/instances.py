@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -28,9 +28,17 @@ from .cache import Cache
 from .connection import ClientSpec, portable_spec
 from .errors import ExperimentError
 from .metrics import Outcome
+from .policies import herd_policy
 from .testing import Gate, SlowBackend
 
-__all__ = ["StampedePlan", "prepare_instance", "run_in_processes"]
+__all__ = [
+    "StampedePlan",
+    "expect",
+    "prepare_instance",
+    "run_in_processes",
+    "start_worker",
+    "stop",
+]
 
 KEY = "hot"
 START_MARGIN_S = 0.1
@@ -52,6 +60,7 @@ class StampedePlan:
     ttl: float
     connections: int
     seed: int | None
+    policy_options: dict = field(default_factory=dict)
 
     def backend(self) -> SlowBackend:
         backend = SlowBackend(self.loader_ms, self.jitter_ms, seed=self.seed)
@@ -72,7 +81,8 @@ async def prepare_instance(
     Rows hold absolute ``start`` / ``end`` times (``time.perf_counter()``) and the outcome.
     """
     await asyncio.gather(*(client.ping() for _ in range(plan.connections)))
-    cache = Cache(client, namespace=plan.namespace, ttl=plan.ttl, policy=plan.policy)
+    policy = herd_policy(plan.policy, **plan.policy_options)
+    cache = Cache(client, namespace=plan.namespace, ttl=plan.ttl, policy=policy)
 
     async def loader():
         return await backend.fetch(KEY)
@@ -107,17 +117,17 @@ async def run_in_processes(
             job = {"index": i, "spec": spec.to_json(), "plan": asdict(plan), "clients": ids}
             worker.stdin.write((json.dumps(job) + "\n").encode())
         async with asyncio.timeout(WORKER_TIMEOUT_S):
-            await asyncio.gather(*(_expect(w, "ready") for w in workers))
+            await asyncio.gather(*(expect(w, "ready") for w in workers))
             start_at = time.perf_counter() + START_MARGIN_S
             for worker in workers:
                 worker.stdin.write(f"{json.dumps({'start_at': start_at})}\n".encode())
-            finished = await asyncio.gather(*(_expect(w, "done") for w in workers))
+            finished = await asyncio.gather(*(expect(w, "done") for w in workers))
     except TimeoutError:
         raise ExperimentError(
             f"worker processes did not finish within {WORKER_TIMEOUT_S:g} s"
         ) from None
     finally:
-        await asyncio.gather(*(_stop(w) for w in workers))
+        await asyncio.gather(*(stop(w) for w in workers))
     rows = [row for payload in finished for row in payload["rows"]]
     calls = [call for payload in finished for call in payload["calls"]]
     return rows, calls
@@ -136,7 +146,7 @@ async def _spawn_worker() -> asyncio.subprocess.Process:
     )
 
 
-async def _expect(worker: asyncio.subprocess.Process, kind: str) -> dict:
+async def expect(worker: asyncio.subprocess.Process, kind: str) -> dict:
     """The worker's next message, which must be ``kind``; its stderr if it failed instead."""
     line = await worker.stdout.readline()
     message = json.loads(line) if line.strip() else {"kind": "exit"}
@@ -151,7 +161,8 @@ async def _expect(worker: asyncio.subprocess.Process, kind: str) -> dict:
     )
 
 
-async def _stop(worker: asyncio.subprocess.Process) -> None:
+async def stop(worker: asyncio.subprocess.Process) -> None:
+    """Close the worker's stdin and wait for it to exit (kill it after 10 s)."""
     with contextlib.suppress(ProcessLookupError, OSError):
         worker.stdin.close()
     try:
@@ -162,12 +173,28 @@ async def _stop(worker: asyncio.subprocess.Process) -> None:
         await worker.wait()
 
 
+async def start_worker(job: dict) -> asyncio.subprocess.Process:
+    """Start a worker process and hand it ``job`` (see :func:`_worker_session` for the kinds)."""
+    worker = await _spawn_worker()
+    worker.stdin.write((json.dumps(job) + "\n").encode())
+    return worker
+
+
 async def _worker_session() -> None:
-    """A worker: read the job, prepare, say ready, wait for the start instant, run, report."""
+    """A worker: read one job line and run it.
+
+    ``{"mode": "stampede", ...}`` (the default): prepare an instance, say ready, wait for the
+    start instant, run, report. ``{"mode": "holder", ...}``: become the lock holder of a key
+    under the distributed policy, say "loading" once the loader runs, and report "done" with the
+    cache's counters; the experiments in :mod:`cachelab.experiments.faults` kill or pause it.
+    """
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     job = json.loads(await reader.readline())
+    if job.get("mode") == "holder":
+        await _hold(job)
+        return
     plan = StampedePlan(**job["plan"])
     client = ClientSpec.from_json(job["spec"]).client(max_connections=plan.connections)
     backend = plan.backend()
@@ -191,6 +218,23 @@ async def _worker_session() -> None:
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
+        await client.aclose()
+
+
+async def _hold(job: dict) -> None:
+    client = ClientSpec.from_json(job["spec"]).client(max_connections=4)
+    policy = herd_policy("distributed", lock_ttl=job["lock_ttl"], fence=job["fence"])
+    cache = Cache(client, namespace=job["namespace"], ttl=60, policy=policy)
+
+    async def loader():
+        _send({"kind": "loading"})
+        await asyncio.sleep(job["loader_s"])
+        return job["value"]
+
+    try:
+        await cache.get_or_set(job["key"], loader)
+        _send({"kind": "done", "stats": cache.stats.as_dict()})
+    finally:
         await client.aclose()
 
 

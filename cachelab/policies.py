@@ -191,6 +191,7 @@ class Distributed(LocalSingleFlight):
         lock_ttl: float = 10.0,
         wait_timeout: float | None = 30.0,
         wait: str = "notify",
+        poll_interval: float = 0.1,
         fence: bool = True,
     ) -> None:
         super().__init__()
@@ -198,9 +199,15 @@ class Distributed(LocalSingleFlight):
             raise ConfigurationError(
                 f"lock_ttl must be a positive number of seconds, got {lock_ttl!r}"
             )
+        if wait not in ("notify", "poll"):
+            raise ConfigurationError(
+                f'wait must be "notify" (woken by a message) or "poll" (retry every '
+                f"poll_interval seconds, like redis-py's Lock), got {wait!r}"
+            )
         self.lock_ttl = float(lock_ttl)
         self.wait_timeout = wait_timeout
         self.wait = wait
+        self.poll_interval = float(poll_interval)
         self.fence = fence
 
     def __repr__(self) -> str:
@@ -228,7 +235,7 @@ class Distributed(LocalSingleFlight):
                     return value, Outcome.SHARED
 
     def _wait_for(self, lock, deadline: float | None, key: str) -> float:
-        wanted = lock.poll_interval if self.wait == "poll" else lock.remaining_ms / 1000 + 0.001
+        wanted = self.poll_interval if self.wait == "poll" else lock.remaining_ms / 1000 + 0.001
         if deadline is None:
             return wanted
         left = deadline - time.monotonic()
@@ -327,6 +334,7 @@ class Lease(LocalSingleFlight):
         self.keep_stale_ms = round(keep_stale_s * 1000)
         self.wait_timeout = wait_timeout
         self._script = None
+        self._give_back = None
 
     def __repr__(self) -> str:
         return f"Lease(lease_ttl={self.lease_ttl:g}, keep_stale_s={self.keep_stale_ms / 1000:g})"
@@ -357,7 +365,7 @@ class Lease(LocalSingleFlight):
         while True:
             kind, first, _pttl = await self._ask(cache, key)
             if kind == 3:
-                return await cache.load_and_store(key, loader, ttl, fence=int(first)), Outcome.LOAD
+                return await self._fill_with_lease(cache, key, loader, ttl, int(first))
             if kind == 1 or first:
                 entry = cache.decode(first)
                 if entry is not None:
@@ -368,6 +376,20 @@ class Lease(LocalSingleFlight):
                     "raise wait_timeout if loads are that slow"
                 )
             await asyncio.sleep(self.retry_s)
+
+    async def _fill_with_lease(self, cache, key, loader, ttl, token: int) -> tuple[Any, Outcome]:
+        """Load with the lease; if the load fails, give the lease back so others need not wait
+        out its TTL (the fill script deletes it on success)."""
+        try:
+            return await cache.load_and_store(key, loader, ttl, fence=token), Outcome.LOAD
+        except BaseException:
+            if self._give_back is None:
+                self._give_back = cache.redis.register_script(fencing.GIVE_BACK)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._give_back(keys=[cache.helper_key(key, "lease")], args=[token])
+                )
+            raise
 
     async def reload(self, cache, key, loader, ttl):
         """An early reload takes no lease (the value is still there) but is fenced by the current
@@ -381,14 +403,20 @@ HERD_POLICIES: dict[str, type[HerdPolicy]] = {
 }
 
 
-def herd_policy(spec: str | HerdPolicy) -> HerdPolicy:
-    """A fresh policy for a name, or the given instance."""
+def herd_policy(spec: str | HerdPolicy, **options: Any) -> HerdPolicy:
+    """A fresh policy for a name (with its ``options``), or the given instance."""
     if isinstance(spec, HerdPolicy):
         return spec
     try:
-        return HERD_POLICIES[spec]()
+        cls = HERD_POLICIES[spec]
     except (KeyError, TypeError):
         raise ConfigurationError(
             f"unknown herd policy {spec!r}; choose one of {', '.join(HERD_POLICIES)} "
             "or pass a HerdPolicy instance"
+        ) from None
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"herd policy {spec!r} does not take these options: {exc}"
         ) from None

@@ -62,7 +62,12 @@ class SlowBackend:
         return max(0.0, self.latency_ms + jitter) / 1000
 
     async def fetch(self, key: str):
-        """After the delay, the row last stored for ``key``, else ``{"key": key, "version": n}``."""
+        """The row last stored for ``key`` (else ``{"key": key, "version": n}``), after the delay.
+
+        The row is read when the call *starts* and delivered when it ends, like a query whose
+        answer travels back slowly: a write that lands meanwhile is not in it. That is what
+        makes a slow load able to put an outdated value into the cache (a "stale set").
+        """
         self.calls += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -70,13 +75,12 @@ class SlowBackend:
         failing = self.fail_next > 0
         if failing:
             self.fail_next -= 1
+        row = self.rows.get(key, {"key": key, "version": self.versions.get(key, 0)})
         try:
             await asyncio.sleep(self._delay())
             if failing:
                 raise BackendError(f"backend failed while loading {key!r} (simulated)")
-            if key in self.rows:
-                return self.rows[key]
-            return {"key": key, "version": self.versions.get(key, 0)}
+            return row
         finally:
             self.in_flight -= 1
             self.log.append(BackendCall(key, start, time.perf_counter(), not failing))

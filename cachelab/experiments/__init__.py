@@ -7,6 +7,8 @@ from .expiry import (
     run_expiry,
     simulate_xfetch,
 )
+from .faults import FaultResult, run_crashed_holder, run_paused_holder
+from .hotkeys import HotKeyResult, run_hot_key_writes, run_mass_expiry
 from .plots import (
     plot_backend_calls,
     plot_expiry_overview,
@@ -23,7 +25,9 @@ __all__ = [
     "REQUEST_COLUMNS",
     "BackendError",
     "ExpiryResult",
+    "FaultResult",
     "Gate",
+    "HotKeyResult",
     "SlowBackend",
     "StampedeResult",
     "expected_xfetch_recomputes",
@@ -35,7 +39,11 @@ __all__ = [
     "plot_stampede_overview",
     "plot_timeline",
     "plot_timelines",
+    "run_crashed_holder",
     "run_expiry",
+    "run_hot_key_writes",
+    "run_mass_expiry",
+    "run_paused_holder",
     "run_stampede",
     "simulate_xfetch",
     "sweep_stampede",

@@ -33,6 +33,7 @@ from ..metrics import Outcome
 from ..policies import HERD_POLICIES
 from ..refresh import RefreshPolicy, StaleWhileRevalidate, XFetch
 from ..testing import SlowBackend
+from .traffic import drive_poisson
 
 __all__ = [
     "EXPIRY_REQUEST_COLUMNS",
@@ -160,9 +161,9 @@ async def run_expiry(
 async def _drive(caches, key, loader, rate, duration, rng, start, on_progress) -> list[dict]:
     """Fire requests at Poisson arrival times; each records its outcome and latency."""
     rows: list[dict] = []
-    tasks: set[asyncio.Task] = set()
 
-    async def request(instance: int) -> None:
+    async def request(_arrival: float) -> None:
+        instance = rng.randrange(len(caches))
         began = time.perf_counter()
         try:
             outcome = str((await caches[instance].lookup(key, loader)).outcome)
@@ -172,22 +173,7 @@ async def _drive(caches, key, loader, rate, duration, rng, start, on_progress) -
         rows.append({"instance": instance, "t_s": began - start,
                      "latency_ms": (ended - began) * 1000, "outcome": outcome})  # fmt: skip
 
-    arrival, reported = 0.0, 0.0
-    while True:
-        arrival += rng.expovariate(rate)
-        if arrival >= duration:
-            break
-        await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
-        task = asyncio.create_task(request(rng.randrange(len(caches))))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        if on_progress is not None and arrival - reported >= 0.1:
-            reported = arrival
-            on_progress(arrival / duration)
-    if tasks:
-        await asyncio.gather(*tasks)
-    if on_progress is not None:
-        on_progress(1.0)
+    await drive_poisson(rate, duration, rng, request, start=start, on_progress=on_progress)
     return rows
 
 

@@ -22,7 +22,7 @@ from ..connection import clone_client, connect
 from ..errors import ConfigurationError
 from ..instances import StampedePlan, prepare_instance, run_in_processes
 from ..metrics import Outcome
-from ..policies import HERD_POLICIES
+from ..policies import HERD_POLICIES, herd_policy
 from ..testing import BACKEND_COLUMNS, Gate
 
 __all__ = ["REQUEST_COLUMNS", "StampedeResult", "run_stampede", "sweep_stampede"]
@@ -81,6 +81,7 @@ async def run_stampede(
     failures: int = 0,
     ttl: float = 60.0,
     pool_size: int = 64,
+    policy_options: dict | None = None,
     seed: int | None = None,
 ) -> StampedeResult:
     """Release ``clients`` requests for one cold key across ``instances`` and measure.
@@ -95,7 +96,8 @@ async def run_stampede(
     instance's connections: with a fast loader, how many GETs can be in flight at once decides how
     many requests miss before the first load is stored. Without ``redis``, a client from
     :func:`cachelab.connect` is used (and closed afterwards). The run's keys live in a fresh
-    namespace that is removed at the end.
+    namespace that is removed at the end. ``policy_options`` go to the policy's constructor, e.g.
+    ``{"wait": "poll"}`` for ``"distributed"``.
     """
     _check_counts(clients, instances, loader_ms)
     if policy not in HERD_POLICIES:
@@ -104,6 +106,7 @@ async def run_stampede(
         )
     if not isinstance(pool_size, int) or pool_size < 1:
         raise ConfigurationError(f"pool_size must be a positive int, got {pool_size!r}")
+    herd_policy(policy, **(policy_options or {}))  # bad options fail here, before any work
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
     plan = StampedePlan(
@@ -115,6 +118,7 @@ async def run_stampede(
         ttl=ttl,
         connections=min(pool_size, -(-clients // instances)),
         seed=seed,
+        policy_options=dict(policy_options or {}),
     )
     assignments = [list(range(i, clients, instances)) for i in range(instances)]
     try:

@@ -1,0 +1,55 @@
+"""Steady traffic for experiments: Poisson arrivals, and backend load over time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["backend_rate", "drive_poisson"]
+
+
+async def drive_poisson(
+    rate: float,
+    duration: float,
+    rng: random.Random,
+    request: Callable[[float], Awaitable[None]],
+    *,
+    start: float | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> None:
+    """Call ``request(t)`` at Poisson arrival times ``t`` (s from ``start``) for ``duration`` s.
+
+    Arrivals are independent of how long requests take (an open system, like real users): each
+    request runs in its own task, and this returns once all of them have finished.
+    ``on_progress`` gets the elapsed fraction about ten times a second.
+    """
+    start = time.perf_counter() if start is None else start
+    tasks: set[asyncio.Task] = set()
+    arrival = reported = 0.0
+    while True:
+        arrival += rng.expovariate(rate)
+        if arrival >= duration:
+            break
+        await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
+        task = asyncio.create_task(request(arrival))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if on_progress is not None and arrival - reported >= 0.1:
+            reported = arrival
+            on_progress(arrival / duration)
+    if tasks:
+        await asyncio.gather(*tasks)
+    if on_progress is not None:
+        on_progress(1.0)
+
+
+def backend_rate(calls: pd.DataFrame, duration: float, bucket_ms: float = 100.0) -> pd.DataFrame:
+    """Backend calls per second in ``bucket_ms`` buckets: columns ``t_s`` and ``calls_per_s``."""
+    edges = np.arange(0.0, duration * 1000 + bucket_ms, bucket_ms)
+    counts, _ = np.histogram(calls["start_ms"], bins=edges)
+    return pd.DataFrame({"t_s": edges[:-1] / 1000, "calls_per_s": counts * 1000 / bucket_ms})

@@ -1,0 +1,70 @@
+"""The failure-story experiments (real processes, real server) and the hot-key experiments."""
+
+from __future__ import annotations
+
+import pytest
+
+from cachelab import ConfigurationError
+from cachelab.experiments import (
+    run_crashed_holder,
+    run_hot_key_writes,
+    run_mass_expiry,
+    run_paused_holder,
+)
+from cachelab.experiments.faults import EVENT_COLUMNS
+
+pytestmark = pytest.mark.redis
+
+
+async def test_crashed_holder_delays_waiters_by_about_the_ttl_then_one_loads(real_redis):
+    result = await run_crashed_holder(real_redis, lock_ttl=1.0, waiters=10, instances=2)
+    s = result.summary
+    assert s["loads_after_crash"] == 1
+    assert s["loads"] == 1
+    assert 700 <= s["median_wait_after_kill_ms"] <= 3000  # the lock's TTL, not forever
+    assert list(result.events.columns) == EVENT_COLUMNS
+    assert result.events["t_ms"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize(
+    ("fence", "refused", "final"), [(True, True, "new holder"), (False, False, "paused holder")]
+)
+async def test_paused_holder_late_write(real_redis, fence, refused, final):
+    result = await run_paused_holder(real_redis, fence=fence, lock_ttl=0.6)
+    assert result.summary["holder_store_refused"] is refused
+    assert result.summary["final_writer"] == final
+    assert "SIGSTOP" in " ".join(result.events["event"])
+
+
+async def test_paused_holder_needs_a_pause_longer_than_the_ttl(real_redis):
+    with pytest.raises(ConfigurationError, match="pause_s"):
+        await run_paused_holder(real_redis, lock_ttl=1.0, pause_s=0.5)
+
+
+async def test_leases_stop_stale_sets_and_cut_backend_load_under_writes(real_redis):
+    runs = {
+        policy: (
+            await run_hot_key_writes(300, 10, 2.5, 50, 4, policy, redis=real_redis, seed=1)
+        ).summary
+        for policy in ("none", "lease")
+    }
+    none, lease = runs["none"], runs["lease"]
+    assert none["stale_after_invalidation"] > 0  # slow loads stored rows older than a delete
+    assert lease["stale_after_invalidation"] == 0  # their leases were revoked by the delete
+    assert lease["stale_served"] > 0  # readers got the previous value, marked stale
+    assert lease["backend_calls"] * 3 < none["backend_calls"]
+    assert lease["peak_backend_per_s"] < none["peak_backend_per_s"]
+
+
+async def test_ttl_jitter_spreads_a_mass_expiry(real_redis):
+    together = await run_mass_expiry(100, 1.0, 0.0, 800, 2.0, 30, redis=real_redis, seed=2)
+    spread = await run_mass_expiry(100, 1.0, 0.25, 800, 2.0, 30, redis=real_redis, seed=2)
+    assert together.summary["peak_backend_per_s"] > 1.5 * spread.summary["peak_backend_per_s"]
+    assert together.summary["backend_calls"] >= 90  # nearly every key expired and was reloaded
+
+
+async def test_hot_key_experiments_refuse_bad_input(real_redis):
+    with pytest.raises(ConfigurationError):
+        await run_hot_key_writes(rate=0, redis=real_redis)
+    with pytest.raises(ConfigurationError):
+        await run_mass_expiry(policy="nope", redis=real_redis)
