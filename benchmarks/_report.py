@@ -1,0 +1,25 @@
+"""Shared by the benchmark scripts: keep each benchmark's section of docs/benchmarks.md current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_section"]
+
+
+def write_section(path: Path, section: str, name: str) -> None:
+    """Replace this benchmark's section of docs/benchmarks.md (between markers), keep the rest.
+
+    The section sits between ``<!-- begin NAME -->`` and ``<!-- end NAME -->``; a file or a
+    section that does not exist yet is created (the new section goes at the end).
+    """
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{begin}\n{section}{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
