@@ -2,21 +2,38 @@
 
 The public API is re-exported here; the modules behind it are small and each holds one idea:
 ``connection`` (find or start a Redis), ``cache`` (read-/write-through), ``policies`` (who loads
-on a miss), ``singleflight`` (LockTable and SingleFlight), ``serializers``, ``errors`` and
+on a miss), ``refresh`` (when to reload early), ``singleflight`` (LockTable, SingleFlight),
+``redis_lock`` (a notification-woken, fenced Redis lock), ``subscriber`` (one shared pub/sub
+connection), ``fencing`` (the version counter and its Lua), ``serializers``, ``errors`` and
 ``experiments``.
 """
 
-from .cache import Cache, Lookup
+from .cache import Cache, Entry, Lookup
 from .connection import RedisSource, clone_client, connect, redact_url, source_of
 from .errors import (
     CachelabError,
     ConfigurationError,
+    ExperimentError,
     InvalidURLError,
+    LockError,
+    LockLostError,
+    LockTimeoutError,
     RedisUnavailableError,
+    RemoteLoadError,
     SerializationError,
 )
 from .metrics import Outcome, Stats
-from .policies import HERD_POLICIES, HerdPolicy
+from .policies import (
+    HERD_POLICIES,
+    Distributed,
+    HerdPolicy,
+    Lease,
+    LocalSingleFlight,
+    LockTablePolicy,
+    NoProtection,
+)
+from .redis_lock import RedisLock
+from .refresh import RefreshPolicy, StaleWhileRevalidate, XFetch
 from .serializers import JsonSerializer, Serializer
 from .singleflight import LockTable, SingleFlight
 
@@ -27,18 +44,33 @@ __all__ = [
     "Cache",
     "CachelabError",
     "ConfigurationError",
+    "Distributed",
+    "Entry",
+    "ExperimentError",
     "HerdPolicy",
     "InvalidURLError",
     "JsonSerializer",
+    "Lease",
+    "LocalSingleFlight",
+    "LockError",
+    "LockLostError",
     "LockTable",
+    "LockTablePolicy",
+    "LockTimeoutError",
     "Lookup",
+    "NoProtection",
     "Outcome",
+    "RedisLock",
     "RedisSource",
     "RedisUnavailableError",
+    "RefreshPolicy",
+    "RemoteLoadError",
     "SerializationError",
     "Serializer",
     "SingleFlight",
+    "StaleWhileRevalidate",
     "Stats",
+    "XFetch",
     "clone_client",
     "connect",
     "redact_url",

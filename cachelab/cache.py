@@ -330,6 +330,25 @@ class Cache:
         newer grant, write or delete happened meanwhile; otherwise it is returned but not stored,
         and ``stats.rejected`` counts it.
         """
+        value, data, px = await self.load_value(loader, ttl)
+        if fence is None:
+            await self.redis.set(self.redis_key(key), data, px=px)
+        else:
+            keys = [
+                self.redis_key(key),
+                self.helper_key(key, "fence"),
+                self.helper_key(key, "lease"),
+            ]
+            if not await self._fill(keys=keys, args=[data, px, fence]):
+                self.stats.rejected += 1
+        return value
+
+    async def load_value(self, loader: Loader, ttl: float | None = None) -> tuple[Any, bytes, int]:
+        """Call the loader once; return its value, the bytes to store and their TTL in ms.
+
+        The load time goes into the stored header (XFetch weighs by it); ``stats.loads`` counts
+        the call. Policies that store in their own way (one Lua call with a release) use this.
+        """
         started = time.perf_counter()
         pending = loader()
         if not inspect.isawaitable(pending):
@@ -342,17 +361,7 @@ class Cache:
         value = await pending
         load_ms = (time.perf_counter() - started) * 1000
         data, px = self.encode(self.serializer.dumps(value), ttl, load_ms)
-        if fence is None:
-            await self.redis.set(self.redis_key(key), data, px=px)
-        else:
-            keys = [
-                self.redis_key(key),
-                self.helper_key(key, "fence"),
-                self.helper_key(key, "lease"),
-            ]
-            if not await self._fill(keys=keys, args=[data, px, fence]):
-                self.stats.rejected += 1
-        return value
+        return value, data, px
 
     async def write_through(
         self,

@@ -15,7 +15,15 @@ mechanism.
 
 from __future__ import annotations
 
-__all__ = ["FENCE_TTL_MS", "FILL", "GIVE_BACK", "LEASE", "WRITE"]
+__all__ = [
+    "CLAIM",
+    "FENCE_TTL_MS",
+    "FILL",
+    "FILL_AND_RELEASE",
+    "GIVE_BACK",
+    "LEASE",
+    "WRITE",
+]
 
 FENCE_TTL_MS = 24 * 3600 * 1000
 """Counters live a day past their last use: far longer than any fill, short enough to clean up."""
@@ -69,4 +77,43 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
 end
 return 0
+"""
+
+CLAIM = """
+-- KEYS: value, lock, fence   ARGV: token, lock ms, fence ttl
+-- The distributed policy's first step, one round trip: the value if someone stored it
+-- meanwhile ({2, value}), else the lock and its fencing token ({1, fence}), else how long the
+-- current holder's lock still runs ({0, pttl}).
+local value = redis.call('get', KEYS[1])
+if value then
+  return {2, value}
+end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local fence = redis.call('incr', KEYS[3])
+  redis.call('pexpire', KEYS[3], ARGV[3])
+  return {1, fence}
+end
+return {0, redis.call('pttl', KEYS[2])}
+"""
+
+FILL_AND_RELEASE = """
+-- KEYS: value, fence, lease, lock   ARGV: data, px, token ('' = unfenced), lock token, channel
+-- The holder's last step, one round trip: store if the fence still holds our token, release
+-- our lock, and tell the waiters, with the stored entry in the message so that they need not
+-- read it again. Returns 1 if stored, 0 if the fence refused it.
+local stored = 0
+if ARGV[3] == '' or tonumber(redis.call('get', KEYS[2]) or '0') == tonumber(ARGV[3]) then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('del', KEYS[3])
+  stored = 1
+end
+if redis.call('get', KEYS[4]) == ARGV[4] then
+  redis.call('del', KEYS[4])
+end
+if stored == 1 then
+  redis.call('publish', ARGV[5], 'filled\\n' .. ARGV[1])
+else
+  redis.call('publish', ARGV[5], 'refused')
+end
+return stored
 """

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -172,14 +173,22 @@ class LocalSingleFlight(HerdPolicy):
 class Distributed(LocalSingleFlight):
     """One load per key across every process: local single-flight, then a Redis lock.
 
-    The process's one waiter subscribes to the key's channel, then tries the lock. The holder
-    re-reads (someone may have just filled it), loads, stores with its fencing token and releases,
-    which publishes "filled" (or the loader's error) to every waiting process. A waiter re-checks
-    when the lock's TTL runs out, so a crashed holder delays the others by at most ``lock_ttl``.
-    While loading, the holder extends its lock every ``lock_ttl / 3`` seconds, so a slow but
-    healthy load keeps it; a paused holder cannot extend, loses the lock, and its late store is
-    refused by the fence. ``fence=False`` turns that check off (for teaching only: then the late
-    store lands).
+    The protocol keeps the round trips on the critical path to three plus the load:
+
+    1. the lookup's shared GET misses;
+    2. CLAIM (one Lua call) returns the value if someone stored it meanwhile, else grants the
+       key's lock with a fencing token, else says how long the current holder has left;
+    3. the holder loads, then FILL_AND_RELEASE (one Lua call) stores the value if the fence still
+       holds its token, releases the lock and publishes the stored entry to the key's channel.
+
+    The process's one waiter subscribes only after a refused CLAIM, claims once more (the fill may
+    have landed in between), then sleeps until the message arrives, which carries the value, or
+    until the holder's lock runs out, so a crashed holder delays the others by at most
+    ``lock_ttl``. While loading, the holder extends its lock every ``lock_ttl / 3`` seconds, so a
+    slow but healthy load keeps it; a paused holder cannot extend, loses the lock, and its late
+    store is refused by the fence. ``fence=False`` turns that check off (for teaching only: then
+    the late store lands). ``wait="poll"`` makes waiters retry every ``poll_interval`` seconds
+    instead of listening, like redis-py's ``Lock``, so the difference can be measured.
     """
 
     name = "distributed"
@@ -209,6 +218,7 @@ class Distributed(LocalSingleFlight):
         self.wait = wait
         self.poll_interval = float(poll_interval)
         self.fence = fence
+        self._claim_script = self._fill_script = None
 
     def __repr__(self) -> str:
         return f"Distributed(lock_ttl={self.lock_ttl:g}, wait={self.wait!r}, fence={self.fence})"
@@ -216,23 +226,51 @@ class Distributed(LocalSingleFlight):
     async def load(self, cache, key, loader, ttl):
         lock = cache.lock_for(key, ttl=self.lock_ttl, wait=self.wait)
         deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
-        notify = self.wait == "notify"
-        listening = Subscriber.of(cache.redis).listen(lock.channel) if notify else _no_inbox()
-        async with listening as inbox:
-            while True:
-                fence = await lock.try_acquire()
-                if fence is not None:
-                    return await self._load_holding(cache, key, loader, ttl, lock, fence)
-                wait = self._wait_for(lock, deadline, key)
-                message = await inbox.get(timeout=wait) if notify else await asyncio.sleep(wait)
-                if isinstance(message, bytes) and message.startswith(b"error "):
+        claimed = await self._claim(cache, key, lock)
+        if self.wait == "poll":
+            while claimed is None:
+                await asyncio.sleep(self._wait_for(lock, deadline, key))
+                claimed = await self._claim(cache, key, lock)
+        if claimed is not None:
+            return await self._settle(cache, key, loader, ttl, lock, claimed)
+        async with Subscriber.of(cache.redis).listen(lock.channel) as inbox:
+            while (claimed := await self._claim(cache, key, lock)) is None:
+                message = await inbox.get(timeout=self._wait_for(lock, deadline, key))
+                if isinstance(message, bytes) and message.startswith(b"filled\n"):
+                    entry = cache.decode(message[7:])
+                    if entry is not None:
+                        return entry.value, Outcome.SHARED
+                elif isinstance(message, bytes) and message.startswith(b"error "):
                     raise RemoteLoadError(
                         f"the load of {key!r} failed in another process: "
                         f"{message[6:].decode(errors='replace')}"
                     )
-                found, value = await cache.read(key)  # filled, expired lock, or LOST messages
-                if found:
-                    return value, Outcome.SHARED
+                # refused, released, LOST or the lock ran out: claim again
+        return await self._settle(cache, key, loader, ttl, lock, claimed)
+
+    async def _claim(self, cache, key, lock):
+        """One CLAIM call: ("found", entry) or ("granted", fence), or None if someone holds it."""
+        if self._claim_script is None:
+            self._claim_script = cache.redis.register_script(fencing.CLAIM)
+        token = secrets.token_hex(16)
+        keys = [cache.redis_key(key), lock.name, lock.fence_key]
+        kind, value = await self._claim_script(
+            keys=keys, args=[token, round(lock.ttl * 1000), fencing.FENCE_TTL_MS]
+        )
+        if kind == 2:
+            entry = cache.decode(value)
+            return ("found", entry) if entry is not None else None
+        if kind == 1:
+            lock.token, lock.fence = token, int(value)
+            return "granted", lock.fence
+        lock.remaining_ms = max(int(value), 0)
+        return None
+
+    async def _settle(self, cache, key, loader, ttl, lock, claimed) -> tuple[Any, Outcome]:
+        kind, found = claimed
+        if kind == "found":
+            return found.value, Outcome.SHARED
+        return await self._load_holding(cache, key, loader, ttl, lock, found), Outcome.LOAD
 
     def _wait_for(self, lock, deadline: float | None, key: str) -> float:
         wanted = self.poll_interval if self.wait == "poll" else lock.remaining_ms / 1000 + 0.001
@@ -251,29 +289,34 @@ class Distributed(LocalSingleFlight):
         fence = await lock.try_acquire()
         if fence is None:
             return NOT_REFRESHED
-        value, _ = await self._load_holding(cache, key, loader, ttl, lock, fence, recheck=False)
-        return value
+        return await self._load_holding(cache, key, loader, ttl, lock, fence)
 
-    async def _load_holding(
-        self, cache, key, loader, ttl, lock, fence: int, recheck: bool = True
-    ) -> tuple[Any, Outcome]:
-        """Load while holding the lock (kept alive), store fenced, release with the outcome."""
+    async def _load_holding(self, cache, key, loader, ttl, lock, fence: int) -> Any:
+        """Load while holding the lock (kept alive), then store, release and notify in one call."""
+        token = lock.token  # the keep-alive forgets it if the lock is lost while we load
         keep_alive = asyncio.create_task(self._keep_alive(lock))
-        outcome = Outcome.SHARED
         try:
-            found, value = await cache.read(key) if recheck else (False, None)
-            if not found:  # still missing now that we hold the lock: ours to load
-                token = fence if self.fence else None
-                value = await cache.load_and_store(key, loader, ttl, fence=token)
-                outcome = Outcome.LOAD
+            value, data, px = await cache.load_value(loader, ttl)
         except Exception as exc:
             await _release(lock, keep_alive, f"error {type(exc).__name__}: {exc}")
             raise
         except BaseException:
             await _release(lock, keep_alive, "released")
             raise
-        await _release(lock, keep_alive, "filled")
-        return value, outcome
+        await _stop(keep_alive)
+        if self._fill_script is None:
+            self._fill_script = cache.redis.register_script(fencing.FILL_AND_RELEASE)
+        keys = [cache.redis_key(key)] + [cache.helper_key(key, r) for r in ("fence", "lease")]
+        lock.token = None
+        stored = await asyncio.shield(
+            self._fill_script(
+                keys=[*keys, lock.name],
+                args=[data, px, fence if self.fence else "", token, lock.channel],
+            )
+        )
+        if not stored:
+            cache.stats.rejected += 1
+        return value
 
     @staticmethod
     async def _keep_alive(lock) -> None:
@@ -291,11 +334,15 @@ async def _no_inbox():
     yield None
 
 
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _release(lock, keep_alive: asyncio.Task, message: str) -> None:
     """Stop extending and release, even if the caller is being cancelled."""
-    keep_alive.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await keep_alive
+    await _stop(keep_alive)
     with contextlib.suppress(Exception):
         await asyncio.shield(lock.release(message))
 

@@ -169,7 +169,7 @@ class InlineFlight:
     """
 
     def __init__(self) -> None:
-        self._pending: dict[Hashable, asyncio.Future[Any]] = {}
+        self._pending: dict[Hashable, list[asyncio.Future[Any]]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -178,25 +178,35 @@ class InlineFlight:
         return key in self._pending
 
     async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """``(value, leader)``: ``leader`` is True for the caller that ran ``fn``."""
-        while (pending := self._pending.get(key)) is not None:
+        """``(value, leader)``: ``leader`` is True for the caller that ran ``fn``.
+
+        The first caller registers an empty list; each waiter appends a future of its own, so
+        the uncontended path allocates no future at all, and a waiter that is cancelled cancels
+        only its own future.
+        """
+        while (waiters := self._pending.get(key)) is not None:
+            mine = asyncio.get_running_loop().create_future()
+            waiters.append(mine)
             try:
-                return await asyncio.shield(pending), False
+                return await mine, False
             except _LeaderCancelled:
                 continue
-        future = self._pending[key] = asyncio.get_running_loop().create_future()
+        waiters = self._pending[key] = []
         try:
             value = await fn()
         except BaseException as exc:
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            future.set_exception(_LeaderCancelled() if cancelled else exc)
-            future.exception()  # retrieved: waiters (if any) get it through shield
+            failure = _LeaderCancelled() if isinstance(exc, asyncio.CancelledError) else exc
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(failure)
             raise
         else:
-            future.set_result(value)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(value)
             return value, True
         finally:
-            if self._pending.get(key) is future:
+            if self._pending.get(key) is waiters:
                 del self._pending[key]
 
     def forget(self, key: Hashable) -> None:

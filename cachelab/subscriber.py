@@ -56,6 +56,20 @@ class Inbox:
         self._queue.put_nowait(item)
 
 
+def _dedicated_pubsub(redis: aioredis.Redis):
+    """A PubSub on its own one-connection pool.
+
+    A subscribed connection is useless for commands, and closing a PubSub disconnects its
+    connection; taking it from the client's pool would hand a dead connection back to the next
+    command, which would then pay a reconnect.
+    """
+    pool = redis.connection_pool
+    own = aioredis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+    )
+    return aioredis.Redis(connection_pool=own).pubsub()
+
+
 class Subscriber:
     """Shared pub/sub for one Redis client; get it with :meth:`of`."""
 
@@ -108,7 +122,7 @@ class Subscriber:
             if len(listeners) > 1:
                 return
             if self._pubsub is None:
-                self._pubsub = self.redis.pubsub()
+                self._pubsub = _dedicated_pubsub(self.redis)
             confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
             try:
                 await self._pubsub.subscribe(channel)
@@ -150,6 +164,7 @@ class Subscriber:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             await pubsub.aclose()
+            await pubsub.connection_pool.disconnect()
 
     async def _read(self) -> None:
         backoff = 0.05
