@@ -232,3 +232,16 @@ def test_cli_expiry_bad_input(args, words):
     assert result.exit_code == 1
     assert words in result.clean_stderr
     assert "Traceback" not in result.output
+
+
+def test_expiry_events_split_where_the_first_load_of_a_generation_ends():
+    """Recomputes that overlap the first load of a generation are one event, however soon the
+    next generation comes (XFetch may refresh long before the TTL)."""
+    import pandas as pd
+
+    from cachelab.experiments.expiry import _expiry_events
+
+    calls = pd.DataFrame(
+        {"start_ms": [100, 120, 140, 260, 270, 400], "end_ms": [150, 170, 190, 310, 320, 450]}
+    )
+    assert _expiry_events(calls) == pytest.approx([0.1, 0.26, 0.4])

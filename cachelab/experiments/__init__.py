@@ -11,11 +11,14 @@ from .faults import FaultResult, run_crashed_holder, run_paused_holder
 from .hotkeys import HotKeyResult, run_hot_key_writes, run_mass_expiry
 from .plots import (
     plot_backend_calls,
+    plot_backend_rate,
+    plot_events,
     plot_expiry_overview,
     plot_latency_cdf,
     plot_stampede_overview,
     plot_timeline,
     plot_timelines,
+    plot_xfetch_sweep,
 )
 from .reads import READ_COLUMNS, measure_reads, plot_reads
 from .stampede import REQUEST_COLUMNS, StampedeResult, run_stampede, sweep_stampede
@@ -33,12 +36,15 @@ __all__ = [
     "expected_xfetch_recomputes",
     "measure_reads",
     "plot_backend_calls",
+    "plot_backend_rate",
+    "plot_events",
     "plot_expiry_overview",
     "plot_latency_cdf",
     "plot_reads",
     "plot_stampede_overview",
     "plot_timeline",
     "plot_timelines",
+    "plot_xfetch_sweep",
     "run_crashed_holder",
     "run_expiry",
     "run_hot_key_writes",

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -177,19 +178,33 @@ async def _drive(caches, key, loader, rate, duration, rng, start, on_progress) -
     return rows
 
 
-def _expiry_events(calls: pd.DataFrame, ttl: float) -> list[float]:
-    """Start times (s) of expiry events: backend calls more than ttl/2 apart start a new one."""
+EVENT_SLACK_S = 0.01
+"""A call still belongs to an event if it starts within this long after the event's first load
+ended (the time the stored value takes to become visible)."""
+
+
+def _expiry_events(calls: pd.DataFrame) -> list[float]:
+    """Start times (s) of expiry events.
+
+    The recomputes of one value generation overlap: they all start while the first of them is
+    still loading (after that, the new value is there and nobody needs to recompute). So a call
+    that starts after the current event's first load has ended opens the next event. That holds
+    however close together events come (XFetch refreshes well before the TTL).
+    """
     starts: list[float] = []
-    for t in sorted(calls["start_ms"] / 1000):
-        if not starts or t - starts[-1] > ttl / 2:
-            starts.append(t)
+    first_end = -1.0
+    for start, end in sorted(zip(calls["start_ms"] / 1000, calls["end_ms"] / 1000, strict=True)):
+        if not starts or start > first_end + EVENT_SLACK_S:
+            starts.append(start)
+            first_end = end
     return starts
 
 
 def _expiry_result(rows, calls: pd.DataFrame, ttl: float, summary: dict) -> ExpiryResult:
     requests = pd.DataFrame(rows, columns=EXPIRY_REQUEST_COLUMNS[:-1]).sort_values("t_s")
-    events = _expiry_events(calls, ttl)
-    edges = [e - ttl / 2 for e in events]
+    events = _expiry_events(calls)
+    # a request belongs to the event it led up to: windows split halfway between events
+    edges = [events[0] - ttl / 2, *((a + b) / 2 for a, b in pairwise(events))] if events else []
     requests["window"] = np.searchsorted(edges, requests["t_s"], side="right") - 1
     call_window = np.searchsorted(events, calls["start_ms"] / 1000, side="right") - 1
     missed = requests["outcome"].isin([Outcome.LOAD, Outcome.SHARED, Outcome.ERROR])

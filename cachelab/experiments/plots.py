@@ -7,6 +7,7 @@ the Axes, so a notebook can end the cell with ``;`` and a test can inspect what 
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,11 +19,14 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "OUTCOME_COLORS",
     "plot_backend_calls",
+    "plot_backend_rate",
+    "plot_events",
     "plot_expiry_overview",
     "plot_latency_cdf",
     "plot_stampede_overview",
     "plot_timeline",
     "plot_timelines",
+    "plot_xfetch_sweep",
 ]
 
 OUTCOME_COLORS = {
@@ -246,3 +250,166 @@ def plot_expiry_overview(results):
     rate = results[0].summary["rate"]
     fig.suptitle(f"Expiry stampede on a hot key: {rate:g} requests/s")
     return fig
+
+
+def _event_time(events: pd.DataFrame, when: float | str) -> float:
+    """``when`` in ms on the events' clock: a number as is, a text as the first event holding it."""
+    if isinstance(when, str):
+        matching = events[events["event"].str.contains(when, regex=False)]
+        if matching.empty:
+            raise ValueError(f"no event contains {when!r}; events: {list(events['event'])}")
+        return float(matching["t_ms"].iloc[0])
+    return float(when)
+
+
+def plot_events(
+    events: pd.DataFrame,
+    *,
+    spans=(),
+    lanes: list[str] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """A failure story as a timeline: one lane per actor, a labelled marker per event.
+
+    ``events`` has the columns ``t_ms``, ``actor`` and ``event`` (a
+    :class:`~cachelab.experiments.FaultResult`'s ``events``); time is drawn from the first event.
+    ``spans`` adds bars behind the markers, each ``(actor, start, end, label)``: ``start`` and
+    ``end`` are ms on the events' clock or a piece of an event's text (that event's time), e.g.
+    ``("holder A", "paused", "resumed", "frozen by SIGSTOP")``. A span's actor may be one that has
+    no events (a "lock" lane, say). ``lanes`` orders the actors from top to bottom (default: in
+    order of appearance, events first); a second span in one lane is hatched.
+    """
+    spans = list(spans)
+    actors = list(dict.fromkeys([*events["actor"], *(span[0] for span in spans)]))
+    if lanes is None:
+        lanes = actors
+    elif missing := set(actors) - set(lanes):
+        raise ValueError(f"lanes must name every actor; missing: {sorted(missing)}")
+    height = 1.0 + 1.1 * len(lanes)
+    ax = _axes(ax, size=(10, max(3.0, height)))
+    origin = float(events["t_ms"].min())
+    row = {actor: len(lanes) - 1 - i for i, actor in enumerate(lanes)}  # first actor on top
+    colors = {actor: f"C{i % 10}" for i, actor in enumerate(lanes)}
+    end = float(events["t_ms"].max()) - origin
+    seen: set[str] = set()
+    for actor, start, stop, label in spans:
+        left = _event_time(events, start) - origin
+        right = _event_time(events, stop) - origin
+        end = max(end, right)
+        ax.barh(row[actor], right - left, left=left, height=0.5, color=colors[actor],
+                alpha=0.3, hatch="//" if actor in seen else None, label=label)  # fmt: skip
+        seen.add(actor)
+    for actor, rows in events.groupby("actor", sort=False):
+        t = rows["t_ms"].to_numpy() - origin
+        ax.scatter(t, np.full(len(t), row[actor]), color=colors[actor], s=60, zorder=3,
+                   edgecolor="black", label=f"event of {actor}")  # fmt: skip
+        for j, (x, text) in enumerate(zip(t, rows["event"], strict=True)):
+            ax.annotate(
+                "\n".join(textwrap.wrap(str(text), 40)),
+                (x, row[actor]),
+                xytext=(0, 12 if j % 2 == 0 else -12),
+                textcoords="offset points",
+                ha="left" if x <= 0.6 * max(end, 1e-9) else "right",
+                va="bottom" if j % 2 == 0 else "top",
+                fontsize="small",
+            )
+    ax.set_yticks(list(row.values()), list(row.keys()))
+    ax.set_ylim(-0.8, len(lanes) - 0.2)
+    ax.set_xlim(-0.03 * max(end, 1.0), 1.03 * max(end, 1.0))
+    ax.set_xlabel("time since the first event (ms)")
+    ax.set_ylabel("actor")
+    ax.set_title(title or "What happened, and when")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(lanes) < 4 else -0.15),
+              ncols=3, fontsize="small")  # fmt: skip
+    ax.grid(True, axis="x", alpha=0.3)
+    return ax
+
+
+def plot_backend_rate(
+    results,
+    labels: list[str] | None = None,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    mark_s: float | None = None,
+    mark_label: str | None = None,
+) -> Axes:
+    """Backend calls per second over time, one step line per run (each bucket drawn to its end).
+
+    ``results`` are :class:`~cachelab.experiments.HotKeyResult` objects (anything with a ``rate``
+    frame of ``t_s`` and ``calls_per_s``); ``labels`` name them (default: their policy). Each
+    legend entry carries the run's peak. ``mark_s`` draws a dotted vertical line there (e.g. at
+    the TTL, when keys written together expire), labelled ``mark_label``.
+    """
+    results = list(results)
+    if labels is None:
+        labels = [f"policy {r.summary['policy']}" for r in results]
+    if len(labels) != len(results):
+        raise ValueError(f"{len(results)} results but {len(labels)} labels")
+    ax = _axes(ax)
+    bucket_ms = None
+    highest = 0.0
+    for i, (result, label) in enumerate(zip(results, labels, strict=True)):
+        t, calls = result.rate["t_s"].to_numpy(), result.rate["calls_per_s"].to_numpy()
+        if len(t) > 1:
+            bucket_ms = float(t[1] - t[0]) * 1000
+            t, calls = np.append(t, t[-1] + bucket_ms / 1000), np.append(calls, calls[-1])
+        peak = float(calls.max()) if len(calls) else 0.0
+        highest = max(highest, peak)
+        ax.step(t, calls, where="post", lw=1.6, ls=("-", "--", "-.", ":")[i % 4],
+                label=f"{label} (peak {peak:.0f}/s)")  # fmt: skip
+    if mark_s is not None:
+        ax.axvline(mark_s, ls=":", color="grey", label=mark_label or f"t = {mark_s:g} s")
+    bucket = f", in {bucket_ms:.0f} ms buckets" if bucket_ms else ""
+    ax.set_xlabel("time since the start of the run (s)")
+    ax.set_ylabel(f"backend calls per second (calls/s{bucket})")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, max(highest, 1.0) * 1.3)  # headroom for the legend above the peaks
+    ax.set_title(title or "Backend load over time")
+    ax.legend(loc="upper right", fontsize="small")
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
+def plot_xfetch_sweep(
+    simulated: pd.DataFrame,
+    live=None,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    mark_beta: float = 1.5,
+) -> Axes:
+    """XFetch's mean recomputes per expiry against beta, next to the closed form ``e^(1/beta)``.
+
+    ``simulated`` has one row per simulated expiry with columns ``beta`` and ``recomputes`` (the
+    frames of :func:`~cachelab.experiments.simulate_xfetch`, each with its ``beta`` assigned,
+    concatenated). ``live`` (optional) has columns ``beta`` and ``recomputes_per_expiry`` (e.g.
+    ``[r.summary for r in expiry_runs]``): measured on Redis, drawn as hollow markers. The
+    dashed horizontal line is the paper's claim, fewer than 2 recomputes at ``beta = mark_beta``.
+    """
+    ax = _axes(ax)
+    means = simulated.groupby("beta")["recomputes"].agg(["mean", "size"]).sort_index()
+    betas = means.index.to_numpy(dtype=float)
+    live = None if live is None else pd.DataFrame(live)
+    lo = betas.min() if live is None else min(betas.min(), live["beta"].min())
+    hi = betas.max() if live is None else max(betas.max(), live["beta"].max())
+    grid = np.linspace(lo * 0.95, hi * 1.05, 200)
+    ax.plot(grid, np.exp(1 / grid), color="black", lw=1.5, label="closed form e^(1/β)")
+    per_beta = int(means["size"].min())
+    ax.plot(betas, means["mean"], marker="o", color="#1f77b4",
+            label=f"simulated (mean of {per_beta} expiries per β)")  # fmt: skip
+    if live is not None and len(live):
+        ax.scatter(live["beta"], live["recomputes_per_expiry"], s=140, facecolors="none",
+                   edgecolors="#d62728", linewidths=2, zorder=3,
+                   label="measured live on Redis (run_expiry)")  # fmt: skip
+    ax.axhline(2, ls="--", color="grey", lw=1,
+               label=f"2 recomputes: the paper's bound at β = {mark_beta:g}")  # fmt: skip
+    ax.axvline(mark_beta, ls=":", color="grey", lw=1)
+    ax.set_xlabel("β (XFetch's beta, no unit; larger refreshes earlier)")
+    ax.set_ylabel("recomputes per expiry (backend calls, mean)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "XFetch: recomputes per expiry against β")
+    ax.legend(loc="upper right", fontsize="small")
+    ax.grid(True, alpha=0.3)
+    return ax
