@@ -26,7 +26,9 @@ import redis.asyncio as aioredis
 
 from . import envelope, fencing
 from .errors import ConfigurationError, SerializationError
+from .invalidation import Invalidator, invalidator
 from .metrics import Outcome, Stats
+from .near_cache import NearCache
 from .policies import NOT_REFRESHED, HerdPolicy, herd_policy
 from .redis_lock import RedisLock
 from .refresh import RefreshPolicy, Verdict, refresh_policy
@@ -96,6 +98,8 @@ class Cache:
         refresh: str | RefreshPolicy | None = None,
         serializer: str | Serializer = "json",
         ttl_jitter: float = 0.0,
+        near: NearCache | None = None,
+        invalidation: str | Invalidator | None = None,
     ) -> None:
         if (
             not isinstance(namespace, str)
@@ -127,6 +131,16 @@ class Cache:
         self._background: dict[str, asyncio.Task[None]] = {}
         self._fill = redis.register_script(fencing.FILL)
         self._write = redis.register_script(fencing.WRITE)
+        if near is not None and not isinstance(near, NearCache):
+            raise ConfigurationError(f"near must be a NearCache, got {near!r}")
+        self.near = near
+        self.invalidator = invalidator(invalidation)
+        if self.invalidator is not None and near is None:
+            raise ConfigurationError(
+                f"invalidation={invalidation!r} keeps a near cache true, but this cache has none; "
+                "pass near=NearCache(...) too"
+            )
+        self._invalidator_started: asyncio.Future | None = None
 
     def __repr__(self) -> str:
         return (
@@ -141,9 +155,25 @@ class Cache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Wait for background refreshes to finish (the Redis client stays open: it is yours)."""
+        """Wait for background refreshes and stop the invalidator (the client stays open)."""
         while self._background:
             await asyncio.gather(*self._background.values(), return_exceptions=True)
+        if self.invalidator is not None:
+            await self.invalidator.aclose()
+            self._invalidator_started = None
+
+    async def _listening(self) -> None:
+        """Start the invalidator before the first L1 fill: no later write can then be missed."""
+        started = self._invalidator_started
+        if started is None:
+            started = self._invalidator_started = asyncio.ensure_future(
+                self.invalidator.start(self)
+            )
+        try:
+            await asyncio.shield(started)
+        except Exception:
+            self._invalidator_started = None  # let the next call try again
+            raise
 
     # --- keys and entries ---------------------------------------------------------------------
 
@@ -155,6 +185,12 @@ class Cache:
                 "build one with e.g. f'user:{user_id}'"
             )
         return self._prefix + key + "}"
+
+    def key_of(self, redis_key: str) -> str | None:
+        """The cache key stored at ``redis_key``; None if it is not one of this cache's values."""
+        if redis_key.startswith(self._prefix) and redis_key.endswith("}"):
+            return redis_key[len(self._prefix) : -1]
+        return None
 
     def helper_key(self, key: str, role: str) -> str:
         """The key of ``key``'s lock, fence, lease, ...: same hash slot as the value."""
@@ -218,24 +254,47 @@ class Cache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The cached value, or ``default`` when the key is missing (counts a hit or a miss)."""
-        entry = await self.read_entry(key)
-        if entry is not None:
-            self.stats.hits += 1
-            return entry.value
-        self.stats.misses += 1
-        return default
+        self.redis_key(key)
+        if self.near is not None:
+            value, outcome = await self._near_lookup(key, None, None)
+        else:
+            entry = await self.read_entry(key)
+            value, outcome = (default, None) if entry is None else (entry.value, Outcome.HIT)
+        if outcome is None:
+            self.stats.misses += 1
+            return default
+        self.stats.hits += 1
+        return value
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value``; it is encoded first, so an unencodable value writes nothing."""
         self.redis_key(key)
-        await self._write_value(key, self.serializer.dumps(value), ttl)
+        await self._write_value(key, self.serializer.dumps(value), ttl, value)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was there."""
-        return bool(await self._write_value(key, None, None))
+        return bool(await self._write_value(key, None, None, None))
 
-    async def _write_value(self, key: str, payload: bytes | None, ttl: float | None) -> int:
-        """A write or (``payload`` None) delete; fenced policies also bump the key's fence."""
+    async def _write_value(
+        self, key: str, payload: bytes | None, ttl: float | None, value: Any
+    ) -> int:
+        """A write or (``payload`` None) delete; fenced policies also bump the key's fence.
+
+        With a near cache, this process's L1 takes the new value (or drops the key) at once, and
+        the invalidator tells the other processes afterwards.
+        """
+        written = await self._write_redis(key, payload, ttl)
+        if self.near is not None:
+            if payload is None:
+                self.near.invalidate(key)
+            else:
+                self.near.set(key, value)
+            if self.invalidator is not None:
+                await self._listening()
+                await self.invalidator.announce(key)
+        return written
+
+    async def _write_redis(self, key: str, payload: bytes | None, ttl: float | None) -> int:
         rkey = self.redis_key(key)
         data, px = self.encode(payload, ttl, 0.0) if payload is not None else (b"", 0)
         try:
@@ -275,12 +334,39 @@ class Cache:
         if ttl is not None:
             _positive_ttl(ttl)
         try:
-            value, outcome = await self._lookup(key, loader, ttl)
+            if self.near is not None:
+                value, outcome = await self._near_lookup(key, loader, ttl)
+            else:
+                value, outcome = await self._lookup(key, loader, ttl)
         except Exception:
             self.stats.errors += 1
             raise
         self.stats.count(outcome)
         return Lookup(value, outcome)
+
+    async def _near_lookup(self, key: str, loader: Loader | None, ttl: float | None):
+        """L1 first; else Redis (and the loader, if any), remembering the answer in L1 unless an
+        invalidation of the key arrived meanwhile. ``(value, None)`` when ``loader`` is None and
+        Redis has nothing."""
+        if self.invalidator is not None:
+            await self._listening()
+        found, value = self.near.get(key)
+        if found:
+            return value, Outcome.HIT
+        ticket = self.near.begin(key)
+        try:
+            if loader is None:
+                entry = await self.read_entry(key)
+                if entry is None:
+                    return None, None
+                value, outcome = entry.value, Outcome.HIT
+            else:
+                value, outcome = await self._lookup(key, loader, ttl)
+            if outcome is not Outcome.STALE:
+                self.near.put(ticket, value)
+            return value, outcome
+        finally:
+            self.near.end(ticket)
 
     async def _lookup(self, key: str, loader: Loader, ttl: float | None) -> tuple[Any, Outcome]:
         entry = await self.policy.read(self, key)
@@ -392,7 +478,7 @@ class Cache:
                 f"{type(pending).__name__}; define it with `async def`"
             )
         await pending
-        await self._write_value(key, payload, ttl)
+        await self._write_value(key, payload, ttl, value)
 
     # --- housekeeping -------------------------------------------------------------------------
 
