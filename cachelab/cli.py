@@ -273,6 +273,125 @@ def stampede(
         err.print(f"wrote {plot_path}")
 
 
+stream_app = typer.Typer(
+    help="Redis Streams: add, trim, read where you left off, consume with a group.",
+    no_args_is_help=True,
+)
+app.add_typer(stream_app, name="stream")
+
+
+def _print_entries(entries) -> None:
+    if not entries:
+        err.print("no entries")
+    for entry in entries:
+        fields = " ".join(f"{k}={v}" for k, v in entry.fields.items())
+        out.print(f"{entry.id}  {fields}", soft_wrap=True)
+
+
+def _fields(pairs: list[str]) -> dict[str, str]:
+    fields = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"{pair!r} is not field=value; write e.g. event=created")
+        fields[name] = value
+    return fields
+
+
+@stream_app.command("add")
+def stream_add(
+    stream: str,
+    pairs: Annotated[list[str], typer.Argument(help="field=value pairs", show_default=False)],
+    maxlen: Annotated[
+        int | None, typer.Option(help="Trim to about this many entries while adding.")
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Append an entry (XADD) and print its id."""
+    from . import streams
+
+    async def work(redis: aioredis.Redis) -> None:
+        out.print(await streams.add(redis, stream, _fields(pairs), maxlen=maxlen))
+
+    _run(url, work)
+
+
+@stream_app.command("trim")
+def stream_trim(
+    stream: str,
+    maxlen: Annotated[int, typer.Option(help="Keep this many newest entries.")],
+    approximate: Annotated[
+        bool, typer.Option("--approximate", help="MAXLEN ~: trim whole nodes, cheaper.")
+    ] = False,
+    url: UrlOption = None,
+) -> None:
+    """Trim to the newest --maxlen entries (XTRIM); print how many were removed."""
+    from . import streams
+
+    async def work(redis: aioredis.Redis) -> None:
+        removed = await streams.trim(redis, stream, maxlen, approximate=approximate)
+        out.print(f"removed {removed} entries")
+
+    _run(url, work)
+
+
+@stream_app.command("read")
+def stream_read(
+    stream: str,
+    from_last: Annotated[
+        bool, typer.Option("--from-last", help="Continue after the entry the last call printed.")
+    ] = False,
+    count: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
+    url: UrlOption = None,
+) -> None:
+    """Print entries; with --from-last, resume where the previous --from-last call stopped."""
+    from . import streams
+
+    async def work(redis: aioredis.Redis) -> None:
+        _print_entries(await streams.read_from_last(redis, stream, count=count, resume=from_last))
+
+    _run(url, work)
+
+
+@stream_app.command("consume")
+def stream_consume(
+    stream: str,
+    group: Annotated[str, typer.Option(help="Consumer group name.")],
+    consumer: Annotated[str, typer.Option(help="This consumer's name.")],
+    pending: Annotated[
+        bool, typer.Option("--pending", help="Re-read this consumer's unacknowledged entries.")
+    ] = False,
+    claim_idle_ms: Annotated[
+        int | None,
+        typer.Option(help="Take over entries other consumers left pending this long (ms)."),
+    ] = None,
+    count: Annotated[int, typer.Option(help="At most this many entries.")] = 10,
+    ack: Annotated[bool, typer.Option(help="Acknowledge what was printed.")] = True,
+    create_group: Annotated[
+        bool, typer.Option("--create-group", help="Create the group (and stream) if missing.")
+    ] = False,
+    url: UrlOption = None,
+) -> None:
+    """Read as one consumer of a group (XREADGROUP), print, and acknowledge (XACK)."""
+    from .streams import StreamConsumer
+
+    async def work(redis: aioredis.Redis) -> None:
+        worker = StreamConsumer(redis, stream, group, consumer)
+        if create_group and await worker.create_group():
+            err.print(f"created group {group!r} on {stream!r}")
+        if claim_idle_ms is not None:
+            entries = await worker.claim_idle(claim_idle_ms, count)
+        elif pending:
+            entries = await worker.pending(count)
+        else:
+            entries = await worker.read(count)
+        _print_entries(entries)
+        if ack and entries:
+            err.print(f"acknowledged {await worker.ack([e.id for e in entries])}")
+
+    _run(url, work)
+
+
 def _float_list(text: str, what: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]

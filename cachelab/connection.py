@@ -331,11 +331,14 @@ def source_of(client: aioredis.Redis) -> RedisSource:
         ) from None
 
 
-def clone_client(client: aioredis.Redis, *, max_connections: int | None = None) -> aioredis.Redis:
+def clone_client(
+    client: aioredis.Redis, *, max_connections: int | None = None, client_name: str | None = None
+) -> aioredis.Redis:
     """A new client to the same server with its *own* connection pool.
 
     Experiments use this to simulate separate application instances: each instance has its own
-    pool, as separate processes would. Close it with ``await clone.aclose()``.
+    pool, as separate processes would. ``client_name`` names its connections in CLIENT LIST.
+    Close it with ``await clone.aclose()``.
     """
     pool = client.connection_pool
     size = max_connections or getattr(pool, "max_connections", DEFAULT_MAX_CONNECTIONS)
@@ -344,11 +347,14 @@ def clone_client(client: aioredis.Redis, *, max_connections: int | None = None) 
     if isinstance(server, fakeredis.FakeServer):
         clone = _fake_client_on(server, size, timeout)
     else:
+        kwargs = dict(pool.connection_kwargs)
+        if client_name is not None:
+            kwargs["client_name"] = client_name
         new_pool = aioredis.BlockingConnectionPool(
             connection_class=pool.connection_class,
             max_connections=size,
             timeout=timeout,
-            **pool.connection_kwargs,
+            **kwargs,
         )
         clone = aioredis.Redis.from_pool(new_pool)
     if client in _sources:

@@ -13,6 +13,7 @@ because you know best what they mean.
     ├── RedisUnavailableError       (also a ConnectionError) the Redis you asked for does not answer
     ├── RemoteLoadError                                   the load you waited for failed elsewhere
     ├── ExperimentError                                   an experiment's worker process failed
+    ├── StreamError                                       a stream or consumer group is missing
     └── LockError                                         a RedisLock could not do what you asked
         ├── LockTimeoutError        (also a TimeoutError) waited longer than the timeout
         └── LockLostError                                 the lock expired or was taken over
@@ -34,6 +35,7 @@ __all__ = [
     "RedisUnavailableError",
     "RemoteLoadError",
     "SerializationError",
+    "StreamError",
 ]
 
 
@@ -93,3 +95,7 @@ class ExperimentError(CachelabError):
 
     The message carries the worker's own traceback, so the cause is visible from the notebook.
     """
+
+
+class StreamError(CachelabError):
+    """A stream command cannot run: the stream or the consumer group does not exist (yet)."""

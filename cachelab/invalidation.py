@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import clone_client, portable_spec
 from .errors import ConfigurationError
-from .subscriber import LOST, Subscriber
+from .subscriber import LOST, RESUMED, Subscriber
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -46,6 +47,7 @@ __all__ = [
     "StreamInvalidator",
     "TrackingInvalidator",
     "invalidator",
+    "kill_connections",
 ]
 
 _DROPPED = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -78,6 +80,7 @@ class Invalidator:
         self.stats = InvalidationStats()
         self.sender = secrets.token_hex(6)  # lets a process ignore its own announcements
         self.cache: Cache | None = None
+        self.resumed_at: float | None = None  # perf_counter() when it last got back after a drop
         self._task: asyncio.Task | None = None
 
     @property
@@ -90,6 +93,10 @@ class Invalidator:
 
     async def announce(self, key: str) -> None:
         """Tell the other processes that ``key`` changed (called after the write)."""
+
+    def connection_names(self) -> list[str]:
+        """CLIENT LIST names of the connections that receive this invalidator's messages."""
+        return []
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -111,13 +118,21 @@ class Invalidator:
 
 
 class PubSubInvalidator(Invalidator):
-    """PUBLISH ``"<sender> <key>"`` on ``<namespace>:invalidations``; flush the L1 on reconnect."""
+    """PUBLISH ``"<sender> <key>"`` on ``<namespace>:invalidations``; flush the L1 on reconnect.
+
+    ``flush_on_reconnect=False`` skips the flush, for teaching only: it shows the stale reads
+    that lost messages leave behind.
+    """
 
     name = "pubsub"
 
-    def __init__(self) -> None:
+    def __init__(self, *, flush_on_reconnect: bool = True) -> None:
         super().__init__()
+        self.flush_on_reconnect = flush_on_reconnect
         self._ready: asyncio.Future | None = None
+
+    def connection_names(self) -> list[str]:
+        return [Subscriber.of(self.cache.redis).client_name] if self.cache else []
 
     def channel(self, cache: Cache) -> str:
         return f"{cache.namespace}:invalidations"
@@ -134,9 +149,15 @@ class PubSubInvalidator(Invalidator):
                 self._ready.set_result(None)
                 while True:
                     message = await inbox.get()
-                    if message is LOST:
-                        self.stats.reconnects += 1
-                        self._flush()  # what was published meanwhile is gone for good
+                    if message is LOST or message is RESUMED:
+                        # Lost: what is published from now until we are back is gone for good,
+                        # and L1 fills made meanwhile may miss it too, so flush on both edges.
+                        if message is LOST:
+                            self.stats.reconnects += 1
+                        else:
+                            self.resumed_at = time.perf_counter()
+                        if self.flush_on_reconnect:
+                            self._flush()
                         continue
                     self.stats.received += 1
                     sender, _, key = message.decode().partition(" ")
@@ -169,11 +190,16 @@ class StreamInvalidator(Invalidator):
     def stream(self, cache: Cache) -> str:
         return f"{cache.namespace}:invalidation-log"
 
+    def connection_names(self) -> list[str]:
+        return [f"cachelab-stream-reader-{self.sender}"]
+
     async def start(self, cache: Cache) -> None:
         await super().start(cache)
         newest = await cache.redis.xrevrange(self.stream(cache), count=1)
         self.last_id = newest[0][0].decode() if newest else "0-0"  # start after what exists
-        self._reader = clone_client(cache.redis, max_connections=1)  # XREAD BLOCK holds it
+        self._reader = clone_client(  # XREAD BLOCK holds its connection
+            cache.redis, max_connections=1, client_name=f"cachelab-stream-reader-{self.sender}"
+        )
         self._task = asyncio.create_task(self._follow(), name="cachelab-stream-invalidator")
 
     async def aclose(self) -> None:
@@ -189,6 +215,8 @@ class StreamInvalidator(Invalidator):
                 if reconnecting:
                     await self._check_trimmed(stream)
                 replies = await self._reader.xread({stream: self.last_id}, block=self.block_ms)
+                if reconnecting:
+                    self.resumed_at = time.perf_counter()
             except _DROPPED:
                 self.stats.reconnects += 1
                 reconnecting = True
@@ -264,7 +292,10 @@ class TrackingInvalidator(Invalidator):
         self._task = asyncio.create_task(self._listen(), name="cachelab-tracking-invalidator")
         await asyncio.shield(self._ready)
 
-    def _resp2_client(self) -> aioredis.Redis:
+    def connection_names(self) -> list[str]:
+        return [f"cachelab-tracking-{self.sender}"]
+
+    def _resp2_client(self, client_name: str | None = None) -> aioredis.Redis:
         """A one-connection RESP2 client (the redirect pattern needs RESP2 pub/sub)."""
         if "server" in self.cache.redis.connection_pool.connection_kwargs:
             raise ConfigurationError(
@@ -272,10 +303,11 @@ class TrackingInvalidator(Invalidator):
                 "implement it: use invalidation='pubsub' or 'streams' instead"
             )
         spec = portable_spec(self.cache.redis)
+        kwargs = {**spec.kwargs, "protocol": 2}
+        if client_name is not None:
+            kwargs["client_name"] = client_name
         pool = aioredis.ConnectionPool(
-            connection_class=spec.connection_class,
-            max_connections=1,
-            **{**spec.kwargs, "protocol": 2},
+            connection_class=spec.connection_class, max_connections=1, **kwargs
         )
         client = aioredis.Redis(connection_pool=pool)
         self._clients.append(client)
@@ -287,15 +319,19 @@ class TrackingInvalidator(Invalidator):
             try:
                 await self._subscribe_and_track()
             except ResponseError as exc:
-                error = ConfigurationError(
-                    f"CLIENT TRACKING is not available on this server ({exc}); it needs a real "
-                    "Redis 6.0 or newer (fakeredis does not implement it): use "
-                    "invalidation='pubsub' or 'streams' instead"
+                gone = "redirect" in str(exc).lower()  # our listener was cut while registering
+                if self._ready.done() or gone:
+                    await self._dropped(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                self._ready.set_exception(
+                    ConfigurationError(
+                        f"CLIENT TRACKING is not available on this server ({exc}); it needs a "
+                        "real Redis 6.0 or newer (fakeredis does not implement it): use "
+                        "invalidation='pubsub' or 'streams' instead"
+                    )
                 )
-                if not self._ready.done():
-                    self._ready.set_exception(error)
-                    return
-                raise error from None
+                return
             except ConfigurationError as exc:
                 if not self._ready.done():
                     self._ready.set_exception(exc)
@@ -303,18 +339,21 @@ class TrackingInvalidator(Invalidator):
             except _DROPPED:
                 if not self._ready.done():
                     raise
-                self.stats.reconnects += 1
-                self._flush()  # invalidations sent while we were away are lost
-                await self._close_clients()
-                await asyncio.sleep(backoff)
+                await self._dropped(backoff)
                 backoff = min(backoff * 2, 2.0)
             except BaseException as exc:
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_exception(exc)
                 raise
 
+    async def _dropped(self, backoff: float) -> None:
+        self.stats.reconnects += 1
+        self._flush()  # invalidations sent while we were away are lost
+        await self._close_clients()
+        await asyncio.sleep(backoff)
+
     async def _subscribe_and_track(self) -> None:
-        listener = self._resp2_client().pubsub()
+        listener = self._resp2_client(self.connection_names()[0]).pubsub()
         await listener.connect()
         await listener.connection.send_command("CLIENT", "ID")
         client_id = int(await listener.connection.read_response())
@@ -328,8 +367,13 @@ class TrackingInvalidator(Invalidator):
             while True:
                 message = await listener.get_message(timeout=None)
                 if message is None or message["type"] == "subscribe":
-                    if message is not None and not self._ready.done():
+                    if message is None:
+                        continue
+                    if not self._ready.done():
                         self._ready.set_result(None)
+                    else:  # back after a drop: fills made while we were away may be stale
+                        self._flush()
+                        self.resumed_at = time.perf_counter()
                     continue
                 self.stats.received += 1
                 keys = message["data"]
@@ -358,6 +402,20 @@ class TrackingInvalidator(Invalidator):
 INVALIDATORS: dict[str, type[Invalidator]] = {
     cls.name: cls for cls in (PubSubInvalidator, StreamInvalidator, TrackingInvalidator)
 }
+
+
+async def kill_connections(redis: aioredis.Redis, names: list[str]) -> int:
+    """CLIENT KILL every connection whose name is in ``names``; returns how many were killed.
+
+    Only the named connections: on a shared server, ``CLIENT KILL TYPE pubsub`` would also cut
+    everybody else's subscribers.
+    """
+    wanted, killed = set(names), 0
+    for client in await redis.client_list():
+        if client.get("name") in wanted:
+            with contextlib.suppress(ResponseError):  # already gone
+                killed += int(await redis.client_kill_filter(_id=client["id"]))
+    return killed
 
 
 def invalidator(spec: str | Invalidator | None) -> Invalidator | None:

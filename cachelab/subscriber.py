@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import weakref
 from collections.abc import AsyncIterator
 from typing import ClassVar
@@ -23,10 +24,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["LOST", "Inbox", "Subscriber"]
+__all__ = ["LOST", "RESUMED", "Inbox", "Subscriber"]
 
 LOST = object()
 """Put into every inbox when the connection dropped: messages may have been missed."""
+
+RESUMED = object()
+"""Put into a channel's inboxes when, after a drop, the server confirmed its subscription again:
+from here on nothing is missed (what happened in between must be re-checked)."""
 
 _SUBSCRIBE_TIMEOUT = 5.0
 
@@ -56,16 +61,18 @@ class Inbox:
         self._queue.put_nowait(item)
 
 
-def _dedicated_pubsub(redis: aioredis.Redis):
-    """A PubSub on its own one-connection pool.
+def _dedicated_pubsub(redis: aioredis.Redis, client_name: str):
+    """A PubSub on its own one-connection pool, named ``client_name`` in CLIENT LIST.
 
     A subscribed connection is useless for commands, and closing a PubSub disconnects its
     connection; taking it from the client's pool would hand a dead connection back to the next
-    command, which would then pay a reconnect.
+    command, which would then pay a reconnect. The name lets an experiment (or an operator) find
+    exactly this connection, e.g. to kill it.
     """
     pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "client_name": client_name}
     own = aioredis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+        connection_class=pool.connection_class, max_connections=1, **kwargs
     )
     return aioredis.Redis(connection_pool=own).pubsub()
 
@@ -87,6 +94,8 @@ class Subscriber:
         self._state = asyncio.Lock()
         self.messages = 0
         self.reconnects = 0
+        self._resubscribing: set[bytes] = set()
+        self.client_name = f"cachelab-subscriber-{secrets.token_hex(4)}"
 
     @classmethod
     def of(cls, redis: aioredis.Redis) -> Subscriber:
@@ -122,7 +131,7 @@ class Subscriber:
             if len(listeners) > 1:
                 return
             if self._pubsub is None:
-                self._pubsub = _dedicated_pubsub(self.redis)
+                self._pubsub = _dedicated_pubsub(self.redis, self.client_name)
             confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
             try:
                 await self._pubsub.subscribe(channel)
@@ -173,6 +182,7 @@ class Subscriber:
                 message = await self._pubsub.get_message(timeout=None)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 self.reconnects += 1
+                self._resubscribing.update(self._inboxes)
                 for listeners in self._inboxes.values():
                     for inbox in listeners:
                         inbox._put(LOST)
@@ -187,6 +197,10 @@ class Subscriber:
                 future = self._confirmed.get(channel)
                 if future is not None and not future.done():
                     future.set_result(None)
+                if channel in self._resubscribing:
+                    self._resubscribing.discard(channel)
+                    for inbox in self._inboxes.get(channel, ()):
+                        inbox._put(RESUMED)
             elif kind == "message":
                 self.messages += 1
                 for inbox in self._inboxes.get(channel, ()):

@@ -1,0 +1,207 @@
+"""How true do near caches stay? Reads and writes across instances, every stale read counted.
+
+``run_invalidation`` runs ``instances`` caches, each with its own L1 (:class:`~cachelab.NearCache`)
+and invalidator, over a set of keys. Writers update a key's row in the backend, then write the
+cache; the moment that write returns, the new version is *committed*. Every read records the
+version it got and the newest version committed before it started: a read is **stale** when it got
+an older one, and its *staleness* is how long ago the first newer version was committed.
+
+With ``kill_at`` the invalidators' connections are killed mid-run (``CLIENT KILL ID`` on exactly
+those connections, so the shared server's other users are untouched). Then pub/sub without a
+flush keeps serving what it missed until the L1 entries age out; with the flush, and with Streams
+(which replay), stale reads stop once the connection is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pandas as pd
+import redis.asyncio as aioredis
+
+from ..cache import Cache
+from ..connection import clone_client, connect
+from ..errors import ConfigurationError
+from ..invalidation import (
+    Invalidator,
+    PubSubInvalidator,
+    StreamInvalidator,
+    TrackingInvalidator,
+    kill_connections,
+)
+from ..near_cache import NearCache
+from ..testing import SlowBackend
+from .traffic import drive_poisson
+
+__all__ = ["MODES", "InvalidationResult", "run_invalidation"]
+
+MODES = ("none", "pubsub", "pubsub-noflush", "streams", "tracking")
+READ_COLUMNS = ["t_s", "instance", "key", "version", "committed", "stale", "staleness_ms",
+                "latency_ms"]  # fmt: skip
+
+
+def _invalidator(mode: str) -> Invalidator | None:
+    return {
+        "none": lambda: None,
+        "pubsub": PubSubInvalidator,
+        "pubsub-noflush": lambda: PubSubInvalidator(flush_on_reconnect=False),
+        "streams": StreamInvalidator,
+        "tracking": TrackingInvalidator,
+    }[mode]()
+
+
+@dataclass
+class InvalidationResult:
+    """``reads`` (one row per read, ``READ_COLUMNS``), ``writes`` (one per committed write) and
+    ``summary`` (counts, the reconnect instant if connections were killed, invalidator stats)."""
+
+    reads: pd.DataFrame
+    writes: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"<InvalidationResult mode={s['mode']} reads={s['reads']} "
+            f"stale={s['stale_reads']} stale_after_reconnect={s['stale_after_reconnect']}>"
+        )
+
+
+async def run_invalidation(
+    instances: int = 3,
+    readers_rate: float = 300.0,
+    writes_rate: float = 20.0,
+    duration: float = 4.0,
+    mode: str = "pubsub",
+    *,
+    keys: int = 20,
+    near_max_age: float = 30.0,
+    kill_at: float | None = None,
+    outage_s: float = 0.5,
+    loader_ms: float = 2.0,
+    redis: aioredis.Redis | None = None,
+    seed: int | None = None,
+) -> InvalidationResult:
+    """Reads at ``readers_rate``/s and writes at ``writes_rate``/s over ``keys`` keys for
+    ``duration`` s, through ``instances`` caches with L1s kept true by ``mode`` (one of
+    ``MODES``; ``"none"`` relies on the L1's ``near_max_age`` alone).
+
+    With ``kill_at``, the invalidators' connections are killed at that second and again every
+    20 ms for ``outage_s`` seconds (each reconnect is cut again), so writes during the outage
+    send invalidations nobody receives. ``summary["reconnected_s"]`` is when every invalidator
+    was back; stale reads after it are counted in ``stale_after_reconnect``.
+    """
+    if mode not in MODES:
+        raise ConfigurationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if kill_at is not None and not 0 < kill_at < duration:
+        raise ConfigurationError(f"kill_at must lie inside the run (0..{duration:g} s)")
+    if not isinstance(instances, int) or instances < 1 or keys < 1:
+        raise ConfigurationError("instances and keys must be positive whole numbers")
+    owned = redis is None
+    base = await connect(quiet=True) if owned else redis
+    namespace = f"cachelab:coherence:{uuid.uuid4().hex[:12]}"
+    clients = [clone_client(base, max_connections=16) for _ in range(instances)]
+    caches = [
+        Cache(c, namespace=namespace, ttl=60, near=NearCache(max_age_s=near_max_age),
+              invalidation=_invalidator(mode))
+        for c in clients
+    ]  # fmt: skip
+    backend = SlowBackend(loader_ms)
+    rng = random.Random(seed)
+    names = [f"item:{i}" for i in range(keys)]
+    committed = {k: 0 for k in names}
+    commits: list[dict] = []
+    reads: list[dict] = []
+    marks: dict[str, float] = {}
+
+    def commit_time(key: str, version: int) -> float:
+        return next(c["t_s"] for c in commits if c["key"] == key and c["version"] == version)
+
+    async def read(_arrival: float) -> None:
+        instance, key = rng.randrange(instances), rng.choice(names)
+        floor, began = committed[key], time.perf_counter()
+        value = await caches[instance].get_or_set(key, lambda: backend.fetch(key))
+        t = began - start
+        version = value["version"]
+        stale = version < floor
+        staleness = (t - commit_time(key, version + 1)) * 1000 if stale else 0.0
+        reads.append({"t_s": t, "instance": instance, "key": key, "version": version,
+                      "committed": floor, "stale": stale, "staleness_ms": staleness,
+                      "latency_ms": (time.perf_counter() - began) * 1000})  # fmt: skip
+
+    async def write(_arrival: float) -> None:
+        key = rng.choice(names)
+        version = committed[key] + 1
+        row = {"key": key, "version": version}
+        backend.rows[key] = row  # the system of record first ...
+        await caches[rng.randrange(instances)].set(key, row)  # ... then the cache
+        if version > committed[key]:
+            committed[key] = version
+            commits.append({"t_s": time.perf_counter() - start, "key": key, "version": version})
+
+    async def fault() -> None:
+        await asyncio.sleep(kill_at)
+        names_ = [n for c in caches for n in c.invalidator.connection_names()]
+        marks["killed_s"] = time.perf_counter() - start
+        marks["killed"] = 0
+        while (last_kill := time.perf_counter()) - start < kill_at + outage_s:
+            marks["killed"] += await kill_connections(base, names_)
+            await asyncio.sleep(0.02)
+        while not all((c.invalidator.resumed_at or 0) > last_kill for c in caches):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # a local attribute, polled: no Redis traffic
+        marks["reconnected_s"] = time.perf_counter() - start
+
+    try:
+        for name in names:  # every key starts cached at version 0
+            backend.rows[name] = {"key": name, "version": 0}
+            await caches[0].set(name, backend.rows[name])
+        commits.extend({"t_s": -1.0, "key": n, "version": 0} for n in names)
+        start = time.perf_counter()
+        jobs = [
+            drive_poisson(readers_rate, duration, rng, read, start=start),
+            drive_poisson(writes_rate, duration, rng, write, start=start),
+        ]
+        if kill_at is not None and mode != "none":
+            jobs.append(asyncio.wait_for(fault(), duration + 5))
+        await asyncio.gather(*jobs)
+        stats = [c.invalidator.stats.as_dict() for c in caches if c.invalidator is not None]
+        near = [c.near.stats.as_dict() for c in caches]
+        for cache in caches:
+            await cache.aclose()
+        await caches[0].clear()
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+        if owned:
+            await base.aclose()
+    frame = pd.DataFrame(reads, columns=READ_COLUMNS).sort_values("t_s", ignore_index=True)
+    reconnected = marks.get("reconnected_s")
+    after = frame["stale"] & (frame["t_s"] > reconnected) if reconnected else frame["stale"] & False
+    totals = {k: sum(s[k] for s in stats) for k in stats[0]} if stats else {}
+    summary = {
+        "mode": mode,
+        "instances": instances,
+        "reads": len(frame),
+        "writes": len(commits) - len(names),
+        "stale_reads": int(frame["stale"].sum()),
+        "stale_after_reconnect": int(after.sum()),
+        "max_staleness_ms": float(frame["staleness_ms"].max()) if len(frame) else 0.0,
+        "l1_hit_ratio": _hit_ratio(near),
+        "killed_s": marks.get("killed_s"),
+        "reconnected_s": reconnected,
+        "connections_killed": marks.get("killed", 0),
+        "invalidations_received": totals.get("received", 0),
+        "flushes": totals.get("flushes", 0),
+        "reconnects": totals.get("reconnects", 0),
+        "replayed": totals.get("replayed", 0),
+    }
+    writes = pd.DataFrame(commits[len(names) :], columns=["t_s", "key", "version"])
+    return InvalidationResult(frame, writes, summary)
+
+
+def _hit_ratio(near_stats: list[dict]) -> float:
+    hits = sum(n["hits"] for n in near_stats)
+    return hits / max(1, hits + sum(n["misses"] for n in near_stats))
