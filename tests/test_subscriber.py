@@ -15,7 +15,7 @@ import pytest
 from helpers import free_port
 
 import cachelab
-from cachelab.subscriber import LOST, Subscriber
+from cachelab.subscriber import LOST, RESUMED, Subscriber
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -253,7 +253,10 @@ async def test_a_killed_connection_puts_lost_in_every_inbox_and_reconnects(priva
                 await asyncio.sleep(0.05)
             else:
                 pytest.fail(f"never re-subscribed to {channel!r} after the connection was killed")
+            # the server confirmed the subscription again before it delivered "after"
+            assert await inbox.get(timeout=5) is RESUMED
             assert await inbox.get(timeout=5) == b"after"
+        assert await a2.get(timeout=5) is RESUMED
         assert await a2.get(timeout=5) == b"after"
         assert len(await pubsub_clients(private_redis)) == 1
     assert idle(sub)
@@ -270,6 +273,7 @@ async def test_reconnects_counts_each_loss(private_redis):
                 if await private_redis.publish("a", f"r{round_}") >= 1:
                     break
                 await asyncio.sleep(0.05)
+            assert await inbox.get(timeout=5) is RESUMED
             assert await inbox.get(timeout=5) == f"r{round_}".encode()
     assert idle(sub)
 
@@ -295,5 +299,6 @@ async def test_a_killed_connection_found_by_id_on_the_shared_server(real_redis, 
             if await real_redis.publish(channel, "back") >= 1:
                 break
             await asyncio.sleep(0.05)
+        assert await inbox.get(timeout=5) is RESUMED
         assert await inbox.get(timeout=5) == b"back"
     assert idle(sub)
