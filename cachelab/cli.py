@@ -494,6 +494,111 @@ def expiry(
         err.print(f"wrote {plot_path}")
 
 
+@app.command()
+def invalidation(
+    mode: Annotated[
+        str, typer.Option(help="Modes to compare: none,pubsub,pubsub-noflush,streams,tracking.")
+    ] = "none,pubsub,streams,tracking",
+    instances: Annotated[int, typer.Option(help="Caches, each with its own L1.")] = 3,
+    read_rate: Annotated[float, typer.Option(help="Reads per second (all instances).")] = 300.0,
+    write_rate: Annotated[float, typer.Option(help="Writes per second.")] = 20.0,
+    duration: Annotated[float, typer.Option(help="Seconds per run.")] = 4.0,
+    keys: Annotated[int, typer.Option(help="How many keys the traffic spreads over.")] = 20,
+    near_max_age: Annotated[float, typer.Option(help="L1 entries' maximum age (s).")] = 30.0,
+    kill_subscriber: Annotated[
+        bool,
+        typer.Option("--kill-subscriber", help="Cut the invalidation connections mid-run."),
+    ] = False,
+    outage: Annotated[float, typer.Option(help="How long they stay cut off (s).")] = 0.5,
+    seed: Annotated[int | None, typer.Option(help="Seed for the traffic.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead.")] = False,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write the summary as CSV.")
+    ] = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG chart here.")
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Reads and writes through several L1 caches: count every stale read, per invalidation mode."""
+    from .experiments import coherence
+
+    try:
+        modes = [m.strip() for m in mode.split(",") if m.strip()]
+        unknown = [m for m in modes if m not in coherence.MODES]
+        if unknown or not modes:
+            raise ConfigurationError(
+                f"unknown mode {', '.join(unknown) or mode!r}; choose from "
+                f"{','.join(coherence.MODES)}"
+            )
+        if instances < 1 or keys < 1 or min(read_rate, write_rate, duration, near_max_age) <= 0:
+            raise ConfigurationError(
+                "--instances, --keys, --read-rate, --write-rate, --duration and --near-max-age "
+                "must be positive"
+            )
+        for path in (csv_path, plot_path):
+            if path is not None and not path.parent.exists():
+                raise ConfigurationError(f"folder {path.parent} does not exist; create it first")
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+    async def work(redis: aioredis.Redis):
+        results = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("invalidation runs", total=len(modes))
+            for name in modes:
+                bar.update(task, description=f"{name}: {duration:g} s of traffic")
+                results.append(
+                    await coherence.run_invalidation(
+                        instances,
+                        read_rate,
+                        write_rate,
+                        duration,
+                        name,
+                        keys=keys,
+                        near_max_age=near_max_age,
+                        redis=redis,
+                        seed=seed,
+                        outage_s=outage,
+                        kill_at=duration / 3 if kill_subscriber else None,
+                    )
+                )
+                bar.update(task, advance=1)
+        return results
+
+    results = _run(url, work)
+    records = [r.summary for r in results]
+    if as_json:
+        out.print_json(json.dumps(records))
+    else:
+        out.print(_invalidation_table(records))
+    if csv_path is not None:
+        _write_csv(csv_path, records)
+        err.print(f"wrote {csv_path}")
+    if plot_path is not None:
+        from .experiments import plot_invalidation
+
+        _save_figure(plot_path, lambda: plot_invalidation(results))
+        err.print(f"wrote {plot_path}")
+
+
+def _invalidation_table(records: list[dict]) -> Table:
+    table = Table(title="Near caches under writes: stale reads per invalidation mode")
+    for name in ("mode", "reads", "writes", "L1 hit ratio", "stale reads", "after reconnect",
+                 "max staleness ms", "received", "flushes", "replayed"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "mode" else "right")
+    for r in records:
+        table.add_row(
+            r["mode"], str(r["reads"]), str(r["writes"]), f"{r['l1_hit_ratio']:.2f}",
+            str(r["stale_reads"]),
+            "–" if r["reconnected_s"] is None else str(r["stale_after_reconnect"]),
+            f"{r['max_staleness_ms']:.0f}", str(r["invalidations_received"]),
+            str(r["flushes"]), str(r["replayed"]),
+        )  # fmt: skip
+    return table
+
+
 def _expiry_table(records: list[dict]) -> Table:
     table = Table(title="Expiry stampede: steady traffic on one hot key")
     for name in ("refresh", "beta", "policy", "expiries", "recomputes/expiry", "e^(1/β)",

@@ -1,6 +1,7 @@
 """Experiments that show caching problems and their fixes, returning tidy pandas frames."""
 
 from ..testing import BackendError, Gate, SlowBackend
+from .coherence import MODES, InvalidationResult, run_invalidation
 from .expiry import (
     ExpiryResult,
     expected_xfetch_recomputes,
@@ -14,6 +15,7 @@ from .plots import (
     plot_backend_rate,
     plot_events,
     plot_expiry_overview,
+    plot_invalidation,
     plot_latency_cdf,
     plot_stampede_overview,
     plot_timeline,
@@ -24,6 +26,7 @@ from .reads import READ_COLUMNS, measure_reads, plot_reads
 from .stampede import REQUEST_COLUMNS, StampedeResult, run_stampede, sweep_stampede
 
 __all__ = [
+    "MODES",
     "READ_COLUMNS",
     "REQUEST_COLUMNS",
     "BackendError",
@@ -31,6 +34,7 @@ __all__ = [
     "FaultResult",
     "Gate",
     "HotKeyResult",
+    "InvalidationResult",
     "SlowBackend",
     "StampedeResult",
     "expected_xfetch_recomputes",
@@ -39,6 +43,7 @@ __all__ = [
     "plot_backend_rate",
     "plot_events",
     "plot_expiry_overview",
+    "plot_invalidation",
     "plot_latency_cdf",
     "plot_reads",
     "plot_stampede_overview",
@@ -48,6 +53,7 @@ __all__ = [
     "run_crashed_holder",
     "run_expiry",
     "run_hot_key_writes",
+    "run_invalidation",
     "run_mass_expiry",
     "run_paused_holder",
     "run_stampede",

@@ -148,8 +148,10 @@ async def run_invalidation(
         names_ = [n for c in caches for n in c.invalidator.connection_names()]
         marks["killed_s"] = time.perf_counter() - start
         marks["killed"] = 0
-        while (last_kill := time.perf_counter()) - start < kill_at + outage_s:
+        last_kill = time.perf_counter()
+        while last_kill - start < kill_at + outage_s:
             marks["killed"] += await kill_connections(base, names_)
+            last_kill = time.perf_counter()  # after the kill: later resumptions are real ones
             await asyncio.sleep(0.02)
         while not all((c.invalidator.resumed_at or 0) > last_kill for c in caches):  # noqa: ASYNC110
             await asyncio.sleep(0.005)  # a local attribute, polled: no Redis traffic

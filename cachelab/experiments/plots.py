@@ -22,6 +22,7 @@ __all__ = [
     "plot_backend_rate",
     "plot_events",
     "plot_expiry_overview",
+    "plot_invalidation",
     "plot_latency_cdf",
     "plot_stampede_overview",
     "plot_timeline",
@@ -413,3 +414,45 @@ def plot_xfetch_sweep(
     ax.legend(loc="upper right", fontsize="small")
     ax.grid(True, alpha=0.3)
     return ax
+
+
+def plot_invalidation(results):
+    """Compare invalidation modes: stale reads per mode, and every stale read over time.
+
+    ``results`` are :class:`~cachelab.experiments.InvalidationResult` objects. Left: stale reads
+    in total and after the subscribers were back (bars). Right: each stale read at its time, with
+    how stale it was (ms since the newer version was committed); the outage is shaded.
+    """
+    results = list(results)
+    modes = [r.summary["mode"] for r in results]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(13, 4.5), layout="constrained", width_ratios=[1, 1.5]
+    )
+    x = np.arange(len(results))
+    total = [r.summary["stale_reads"] for r in results]
+    bars = left.bar(x - 0.2, total, width=0.4, color="#ff7f0e", label="stale reads (all)")
+    left.bar_label(bars)
+    cut = [i for i, r in enumerate(results) if r.summary["reconnected_s"] is not None]
+    if cut:  # only runs whose subscribers were cut off have an "after reconnecting"
+        after = [results[i].summary["stale_after_reconnect"] for i in cut]
+        bars = left.bar(x[cut] + 0.2, after, width=0.4, color="#d62728", label="after reconnecting")
+        left.bar_label(bars)
+    left.set_xticks(x, modes, rotation=15)
+    left.set_xlabel("invalidation mode")
+    left.set_ylabel("reads that returned an outdated version")
+    reads = results[0].summary["reads"]
+    left.set_title(f"Stale reads out of about {reads} per run")
+    left.legend()
+    for mode, result in zip(modes, results, strict=True):
+        stale = result.reads[result.reads["stale"]]
+        right.scatter(stale["t_s"], stale["staleness_ms"], s=12, label=f"{mode} ({len(stale)})")
+    killed = next((r.summary["killed_s"] for r in results if r.summary["killed_s"]), None)
+    back = max((r.summary["reconnected_s"] or 0 for r in results), default=0)
+    if killed is not None:
+        right.axvspan(killed, back, color="grey", alpha=0.2, label="subscribers cut off")
+    right.set_xlabel("time since the start of the run (s)")
+    right.set_ylabel("staleness (ms since the newer version)")
+    right.set_yscale("symlog", linthresh=1)
+    right.set_title("When stale reads happened, and how stale")
+    right.legend(loc="upper left", fontsize="small")
+    return fig
