@@ -4,8 +4,8 @@ The public API is re-exported here; the modules behind it are small and each hol
 ``connection`` (find or start a Redis), ``cache`` (read-/write-through), ``policies`` (who loads
 on a miss), ``refresh`` (when to reload early), ``singleflight`` (LockTable, SingleFlight),
 ``redis_lock`` (a notification-woken, fenced Redis lock), ``subscriber`` (one shared pub/sub
-connection), ``fencing`` (the version counter and its Lua), ``serializers``, ``errors`` and
-``experiments``.
+connection), ``fencing`` (the version counter and its Lua), ``near_cache`` (the L1) and
+``invalidation`` (keeping it true), ``streams``, ``serializers``, ``errors`` and ``experiments``.
 """
 
 from .cache import Cache, Entry, Lookup
@@ -21,8 +21,16 @@ from .errors import (
     RedisUnavailableError,
     RemoteLoadError,
     SerializationError,
+    StreamError,
+)
+from .invalidation import (
+    Invalidator,
+    PubSubInvalidator,
+    StreamInvalidator,
+    TrackingInvalidator,
 )
 from .metrics import Outcome, Stats
+from .near_cache import NearCache
 from .policies import (
     HERD_POLICIES,
     Distributed,
@@ -49,6 +57,7 @@ __all__ = [
     "ExperimentError",
     "HerdPolicy",
     "InvalidURLError",
+    "Invalidator",
     "JsonSerializer",
     "Lease",
     "LocalSingleFlight",
@@ -58,8 +67,10 @@ __all__ = [
     "LockTablePolicy",
     "LockTimeoutError",
     "Lookup",
+    "NearCache",
     "NoProtection",
     "Outcome",
+    "PubSubInvalidator",
     "RedisLock",
     "RedisSource",
     "RedisUnavailableError",
@@ -70,6 +81,9 @@ __all__ = [
     "SingleFlight",
     "StaleWhileRevalidate",
     "Stats",
+    "StreamError",
+    "StreamInvalidator",
+    "TrackingInvalidator",
     "XFetch",
     "clone_client",
     "connect",
