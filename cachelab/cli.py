@@ -52,6 +52,11 @@ UrlOption = Annotated[
 ]
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")]
+CsvOption = Annotated[Path | None, typer.Option("--csv", help="Write the summary as CSV here.")]
+PlotOption = Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart here.")]
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
@@ -177,14 +182,19 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _policy_list(text: str) -> list[str]:
+def _names(text: str, allowed, what: str) -> list[str]:
+    """A comma-separated list of names, each one of ``allowed``; else a clear error."""
     names = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in names if p not in HERD_POLICIES]
+    unknown = [p for p in names if p not in allowed]
     if unknown or not names:
         raise ConfigurationError(
-            f"unknown policy {', '.join(unknown) or text!r}; choose from {','.join(HERD_POLICIES)}"
+            f"unknown {what} {', '.join(unknown) or text!r}; choose from {','.join(allowed)}"
         )
     return names
+
+
+def _policy_list(text: str) -> list[str]:
+    return _names(text, HERD_POLICIES, "policy")
 
 
 JSON_KEYS = [
@@ -211,15 +221,9 @@ def stampede(
     processes: Annotated[
         bool, typer.Option("--processes", help="Run each instance as a real OS process.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON list instead of a table.")
-    ] = False,
-    csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Write the summary as CSV here.")
-    ] = None,
-    plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG chart here.")
-    ] = None,
+    as_json: JsonOption = False,
+    csv_path: CsvOption = None,
+    plot_path: PlotOption = None,
     url: UrlOption = None,
 ) -> None:
     """Release many clients on one cold key and count backend calls per herd policy."""
@@ -230,9 +234,7 @@ def stampede(
             raise ConfigurationError(f"--instances must be at least 1, got {instances}")
         if loader_ms < 0 or jitter_ms < 0:
             raise ConfigurationError("--loader-ms and --jitter-ms must be >= 0")
-        for path in (csv_path, plot_path):
-            if path is not None and not path.parent.exists():
-                raise ConfigurationError(f"folder {path.parent} does not exist; create it first")
+        _check_folders(csv_path, plot_path)
     except ConfigurationError as exc:
         _fail(str(exc))
 
@@ -259,18 +261,14 @@ def stampede(
 
     summaries, requests = _run(url, work)
     records = summaries.to_dict("records")
-    if as_json:
-        out.print_json(json.dumps([{k: r[k] for k in JSON_KEYS} for r in records]))
-    else:
-        out.print(_stampede_table(records))
-    if csv_path is not None:
-        _write_csv(csv_path, records)
-        err.print(f"wrote {csv_path}")
-    if plot_path is not None:
+    shown = [{k: r[k] for k in JSON_KEYS} for r in records] if as_json else None
+
+    def draw():
         from .experiments import plot_stampede_overview
 
-        _save_figure(plot_path, lambda: plot_stampede_overview(summaries, requests))
-        err.print(f"wrote {plot_path}")
+        return plot_stampede_overview(summaries, requests)
+
+    _report(records, _stampede_table, as_json, csv_path, plot_path, draw, shown=shown)
 
 
 stream_app = typer.Typer(
@@ -420,31 +418,20 @@ def expiry(
         float | None, typer.Option(help="Stale-while-revalidate soft TTL (s); default ttl/2.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for arrivals and XFetch draws.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead.")] = False,
-    csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Write the summary as CSV.")
-    ] = None,
-    plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG chart here.")
-    ] = None,
+    as_json: JsonOption = False,
+    csv_path: CsvOption = None,
+    plot_path: PlotOption = None,
     url: UrlOption = None,
 ) -> None:
     """Steady traffic on a hot key that keeps expiring: recomputes and misses per expiry."""
     from .experiments import expiry as expiry_module
 
     try:
-        refreshes = [r.strip() for r in refresh.split(",") if r.strip()]
-        unknown = [r for r in refreshes if r not in expiry_module.REFRESH_NAMES]
-        if unknown or not refreshes:
-            raise ConfigurationError(
-                f"unknown refresh {', '.join(unknown) or refresh!r}; choose from none,xfetch,swr"
-            )
+        refreshes = _names(refresh, expiry_module.REFRESH_NAMES, "refresh")
         _policy_list(policy)
         betas = _float_list(beta, "--beta")
         expiry_module._check(rate, duration, ttl, loader_ms, instances, policy)
-        for path in (csv_path, plot_path):
-            if path is not None and not path.parent.exists():
-                raise ConfigurationError(f"folder {path.parent} does not exist; create it first")
+        _check_folders(csv_path, plot_path)
     except ConfigurationError as exc:
         _fail(str(exc))
     configs = [(r, b) for r in refreshes for b in (betas if r == "xfetch" else [None])]
@@ -480,18 +467,13 @@ def expiry(
         record["expected_recomputes"] = (
             expiry_module.expected_xfetch_recomputes(record["beta"]) if record["beta"] else None
         )
-    if as_json:
-        out.print_json(json.dumps(records))
-    else:
-        out.print(_expiry_table(records))
-    if csv_path is not None:
-        _write_csv(csv_path, records)
-        err.print(f"wrote {csv_path}")
-    if plot_path is not None:
+
+    def draw():
         from .experiments import plot_expiry_overview
 
-        _save_figure(plot_path, lambda: plot_expiry_overview(results))
-        err.print(f"wrote {plot_path}")
+        return plot_expiry_overview(results)
+
+    _report(records, _expiry_table, as_json, csv_path, plot_path, draw)
 
 
 @app.command()
@@ -511,34 +493,22 @@ def invalidation(
     ] = False,
     outage: Annotated[float, typer.Option(help="How long they stay cut off (s).")] = 0.5,
     seed: Annotated[int | None, typer.Option(help="Seed for the traffic.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead.")] = False,
-    csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Write the summary as CSV.")
-    ] = None,
-    plot_path: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG chart here.")
-    ] = None,
+    as_json: JsonOption = False,
+    csv_path: CsvOption = None,
+    plot_path: PlotOption = None,
     url: UrlOption = None,
 ) -> None:
     """Reads and writes through several L1 caches: count every stale read, per invalidation mode."""
     from .experiments import coherence
 
     try:
-        modes = [m.strip() for m in mode.split(",") if m.strip()]
-        unknown = [m for m in modes if m not in coherence.MODES]
-        if unknown or not modes:
-            raise ConfigurationError(
-                f"unknown mode {', '.join(unknown) or mode!r}; choose from "
-                f"{','.join(coherence.MODES)}"
-            )
+        modes = _names(mode, coherence.MODES, "mode")
         if instances < 1 or keys < 1 or min(read_rate, write_rate, duration, near_max_age) <= 0:
             raise ConfigurationError(
                 "--instances, --keys, --read-rate, --write-rate, --duration and --near-max-age "
                 "must be positive"
             )
-        for path in (csv_path, plot_path):
-            if path is not None and not path.parent.exists():
-                raise ConfigurationError(f"folder {path.parent} does not exist; create it first")
+        _check_folders(csv_path, plot_path)
     except ConfigurationError as exc:
         _fail(str(exc))
 
@@ -568,19 +538,13 @@ def invalidation(
         return results
 
     results = _run(url, work)
-    records = [r.summary for r in results]
-    if as_json:
-        out.print_json(json.dumps(records))
-    else:
-        out.print(_invalidation_table(records))
-    if csv_path is not None:
-        _write_csv(csv_path, records)
-        err.print(f"wrote {csv_path}")
-    if plot_path is not None:
+
+    def draw():
         from .experiments import plot_invalidation
 
-        _save_figure(plot_path, lambda: plot_invalidation(results))
-        err.print(f"wrote {plot_path}")
+        return plot_invalidation(results)
+
+    _report([r.summary for r in results], _invalidation_table, as_json, csv_path, plot_path, draw)
 
 
 def _invalidation_table(records: list[dict]) -> Table:
@@ -627,6 +591,27 @@ def _stampede_table(records: list[dict]) -> Table:
             f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
         )  # fmt: skip
     return table
+
+
+def _check_folders(*paths: Path | None) -> None:
+    """Refuse before running: an output file whose folder is missing would be lost at the end."""
+    for path in paths:
+        if path is not None and not path.parent.exists():
+            raise ConfigurationError(f"folder {path.parent} does not exist; create it first")
+
+
+def _report(records, table, as_json, csv_path, plot_path, draw, *, shown=None) -> None:
+    """Print the records (a table, or JSON), and write the CSV and the chart if asked."""
+    if as_json:
+        out.print_json(json.dumps(shown if shown is not None else records))
+    else:
+        out.print(table(records))
+    if csv_path is not None:
+        _write_csv(csv_path, records)
+        err.print(f"wrote {csv_path}")
+    if plot_path is not None:
+        _save_figure(plot_path, draw)
+        err.print(f"wrote {plot_path}")
 
 
 def _write_csv(path: Path, records: list[dict]) -> None:
