@@ -31,9 +31,9 @@ from ..cache import Cache
 from ..connection import clone_client, connect
 from ..errors import ConfigurationError
 from ..metrics import Outcome
-from ..policies import HERD_POLICIES
 from ..refresh import RefreshPolicy, StaleWhileRevalidate, XFetch
 from ..testing import SlowBackend
+from ._checks import known_policy, positive
 from .traffic import drive_poisson
 
 __all__ = [
@@ -84,19 +84,14 @@ def _refresh(name: str, beta: float, soft_ttl: float | None, ttl: float, seed) -
 
 
 def _check(rate, duration, ttl, loader_ms, instances, policy) -> None:
-    for name, value in (("rate", rate), ("duration", duration), ("ttl", ttl)):
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+    positive(rate=rate, duration=duration, ttl=ttl)
     if loader_ms < 0 or loader_ms / 1000 >= ttl:
         raise ConfigurationError(
             f"loader_ms must be >= 0 and shorter than the ttl ({ttl:g} s), got {loader_ms!r}"
         )
     if not isinstance(instances, int) or instances < 1:
         raise ConfigurationError(f"instances must be a positive int, got {instances!r}")
-    if policy not in HERD_POLICIES:
-        raise ConfigurationError(
-            f"unknown herd policy {policy!r}; choose one of {', '.join(HERD_POLICIES)}"
-        )
+    known_policy(policy)
 
 
 async def run_expiry(

@@ -25,10 +25,9 @@ import redis.asyncio as aioredis
 
 from ..cache import Cache
 from ..connection import clone_client, connect
-from ..errors import ConfigurationError
 from ..metrics import Outcome
-from ..policies import HERD_POLICIES
 from ..testing import SlowBackend
+from ._checks import known_policy, positive
 from .traffic import backend_rate, drive_poisson
 
 __all__ = ["HotKeyResult", "run_hot_key_writes", "run_mass_expiry"]
@@ -52,19 +51,6 @@ class HotKeyResult:
         )
 
 
-def _positive(**values) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-
-
-def _policy(name: str) -> None:
-    if name not in HERD_POLICIES:
-        raise ConfigurationError(
-            f"unknown herd policy {name!r}; choose one of {', '.join(HERD_POLICIES)}"
-        )
-
-
 async def run_hot_key_writes(
     rate: float = 400.0,
     writes_per_s: float = 10.0,
@@ -85,8 +71,8 @@ async def run_hot_key_writes(
     a stale set (a load that read the old row before the write and stored it after the delete).
     Writes more often than once per load time make that race frequent, as on a busy hot key.
     """
-    _positive(rate=rate, writes_per_s=writes_per_s, duration=duration)
-    _policy(policy)
+    positive(rate=rate, writes_per_s=writes_per_s, duration=duration)
+    known_policy(policy)
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
     namespace, key = f"cachelab:hotkey:{uuid.uuid4().hex[:12]}", "hot"
@@ -174,8 +160,8 @@ async def run_mass_expiry(
     Without jitter every key expires in the same instant and the backend sees a burst of one
     load per key; with ``jitter=0.2`` the expiries spread over ±20% of the TTL.
     """
-    _positive(keys=keys, ttl=ttl, rate=rate, duration=duration)
-    _policy(policy)
+    positive(keys=keys, ttl=ttl, rate=rate, duration=duration)
+    known_policy(policy)
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
     namespace = f"cachelab:massexpiry:{uuid.uuid4().hex[:12]}"

@@ -22,8 +22,8 @@ from ..connection import clone_client, connect
 from ..errors import ConfigurationError
 from ..instances import StampedePlan, prepare_instance, run_in_processes
 from ..metrics import Outcome
-from ..policies import HERD_POLICIES, herd_policy
 from ..testing import BACKEND_COLUMNS, Gate
+from ._checks import known_policy
 
 __all__ = ["REQUEST_COLUMNS", "StampedeResult", "run_stampede", "sweep_stampede"]
 
@@ -100,13 +100,9 @@ async def run_stampede(
     ``{"wait": "poll"}`` for ``"distributed"``.
     """
     _check_counts(clients, instances, loader_ms)
-    if policy not in HERD_POLICIES:
-        raise ConfigurationError(
-            f"unknown herd policy {policy!r}; choose one of {', '.join(HERD_POLICIES)}"
-        )
+    known_policy(policy, policy_options)  # bad names and options fail here, before any work
     if not isinstance(pool_size, int) or pool_size < 1:
         raise ConfigurationError(f"pool_size must be a positive int, got {pool_size!r}")
-    herd_policy(policy, **(policy_options or {}))  # bad options fail here, before any work
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
     plan = StampedePlan(
@@ -216,10 +212,7 @@ async def sweep_stampede(
     """
     clients, policies = list(clients), list(policies)
     for policy in policies:
-        if policy not in HERD_POLICIES:
-            raise ConfigurationError(
-                f"unknown herd policy {policy!r}; choose from {', '.join(HERD_POLICIES)}"
-            )
+        known_policy(policy)
     for n in clients:
         _check_counts(n, min(instances, n), loader_ms)
     owned = redis is None
