@@ -165,9 +165,9 @@ class Cache:
     async def _listening(self) -> None:
         """Start the invalidator before the first L1 fill: no later write can then be missed."""
         started = self._invalidator_started
-        if started is not None and started.done() and not started.cancelled():
-            if started.exception() is None:
-                return  # the common case, on every L1 hit: already listening
+        ready = started is not None and started.done() and not started.cancelled()
+        if ready and started.exception() is None:
+            return  # the common case, on every L1 hit: already listening
         if started is None:
             started = self._invalidator_started = asyncio.ensure_future(
                 self.invalidator.start(self)
