@@ -284,17 +284,24 @@ class Cache:
         """A write or (``payload`` None) delete; fenced policies also bump the key's fence.
 
         With a near cache, this process's L1 takes the new value (or drops the key) at once, and
-        the invalidator tells the other processes afterwards.
+        the invalidator tells the other processes afterwards. If another write's invalidation
+        arrives while this one is on its way, that write came later: the L1 keeps nothing.
         """
-        written = await self._write_redis(key, payload, ttl)
-        if self.near is not None:
+        if self.near is None:
+            return await self._write_redis(key, payload, ttl)
+        if self.invalidator is not None:
+            await self._listening()  # before L1 takes the value: no later write can be missed
+        ticket = self.near.begin(key)
+        try:
+            written = await self._write_redis(key, payload, ttl)
             if payload is None:
                 self.near.invalidate(key)
             else:
-                self.near.set(key, value)
-            if self.invalidator is not None:
-                await self._listening()
-                await self.invalidator.announce(key)
+                self.near.set(key, value, ticket)
+        finally:
+            self.near.end(ticket)
+        if self.invalidator is not None:
+            await self.invalidator.announce(key)
         return written
 
     async def _write_redis(self, key: str, payload: bytes | None, ttl: float | None) -> int:
@@ -497,12 +504,11 @@ class Cache:
                 yield rkey.decode()[len(self._prefix) : -1]
 
     async def clear(self) -> int:
-        """Delete every key of this namespace, helper keys included (SCAN + UNLINK).
-
-        Returns how many cached values were removed.
+        """Delete every key of this namespace: values, helper keys, and the invalidator's own
+        keys (a Streams log). SCAN + UNLINK, never KEYS. Returns how many values were removed.
         """
         removed = 0
-        batch: list[bytes] = []
+        batch: list[bytes | str] = list(self.invalidator.keys(self)) if self.invalidator else []
         async for rkey in self._scan():
             batch.append(rkey)
             removed += rkey.endswith(b"}")

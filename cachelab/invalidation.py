@@ -98,10 +98,19 @@ class Invalidator:
         """CLIENT LIST names of the connections that receive this invalidator's messages."""
         return []
 
+    def keys(self, cache: Cache) -> list[str]:
+        """Redis keys this invalidator keeps for ``cache`` (removed by ``cache.clear()``)."""
+        return []
+
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # On Python 3.11, asyncio.wait_for (which redis-py uses to send every command) can
+            # swallow a cancellation that lands as the send completes; the streams reader then
+            # goes on forever. So cancel until it sticks.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -193,6 +202,9 @@ class StreamInvalidator(Invalidator):
     def connection_names(self) -> list[str]:
         return [f"cachelab-stream-reader-{self.sender}"]
 
+    def keys(self, cache: Cache) -> list[str]:
+        return [self.stream(cache)]
+
     async def start(self, cache: Cache) -> None:
         await super().start(cache)
         newest = await cache.redis.xrevrange(self.stream(cache), count=1)
@@ -234,22 +246,25 @@ class StreamInvalidator(Invalidator):
             backoff, reconnecting = 0.05, False
 
     async def _check_trimmed(self, stream: str) -> None:
-        """After a disconnect: were entries after our last id trimmed away? Then flush.
+        """After a disconnect: did trimming remove entries we had not applied yet? Then flush.
 
-        Redis 7 records the newest id any trim removed (``max-deleted-entry-id``), which answers
-        exactly; older servers only show the oldest entry left, which answers conservatively.
+        Trimming removes the oldest entries first, so if the last entry we applied is still in
+        the stream, nothing after it was removed, and replaying from it is complete. If it is
+        gone, entries after it may be gone too: flush. (Redis 7's ``max-deleted-entry-id`` would
+        be exact, but XTRIM and XADD MAXLEN do not update it on 7.0, only XDEL does.) Before any
+        entry was applied, a stream that ever held more entries than it holds now was trimmed.
         """
-        try:
-            info = await self._reader.xinfo_stream(stream)
-        except ResponseError:  # no such stream (yet): nothing was written, nothing missed
-            return
-        deleted = info.get("max-deleted-entry-id")
-        if deleted is not None:
-            lost = _id(deleted) > _id(self.last_id)
+        if self.last_id != "0-0":
+            still_there = await self._reader.xrange(stream, min=self.last_id, max=self.last_id)
+            lost = not still_there
         else:
-            first = info.get("first-entry")
-            lost = first is not None and _id(first[0]) > _id(self.last_id)
-        if lost and self.last_id != "0-0":
+            try:
+                info = await self._reader.xinfo_stream(stream)
+            except ResponseError:  # no such stream (yet): nothing was written, nothing missed
+                return
+            added = info.get("entries-added")  # Redis 7 counts every entry ever added;
+            lost = added is None or int(added) > int(info["length"])  # 6.2 cannot tell: flush
+        if lost:
             self.stats.trimmed += 1
             self._flush()
 
@@ -273,10 +288,12 @@ def _id(entry_id: bytes | str) -> tuple[int, int]:
 class TrackingInvalidator(Invalidator):
     """Redis tells us: ``CLIENT TRACKING ON REDIRECT <id> BCAST PREFIX <namespace>:``.
 
-    A dedicated RESP2 connection subscribes to ``__redis__:invalidate``; a second one registers
-    tracking for the namespace's prefix and redirects its invalidations there. Redis then sends
-    the name of every key under the prefix that is written, deleted or expires, by anyone. A null
-    message means "flush everything"; a lost connection flushes the L1 too.
+    One dedicated RESP2 connection registers tracking for the namespace's prefix, redirected to
+    itself, and then subscribes to ``__redis__:invalidate``. Redis then sends the name of every
+    key under the prefix that is written, deleted or expires, by anyone. A null message means
+    "flush everything"; a lost connection flushes the L1 too. (Registering on a second connection
+    would work until that idle connection is dropped: Redis then stops tracking for it and the
+    listener never hears of it.)
     """
 
     name = "tracking"
@@ -354,16 +371,16 @@ class TrackingInvalidator(Invalidator):
 
     async def _subscribe_and_track(self) -> None:
         listener = self._resp2_client(self.connection_names()[0]).pubsub()
-        await listener.connect()
-        await listener.connection.send_command("CLIENT", "ID")
-        client_id = int(await listener.connection.read_response())
-        await listener.subscribe("__redis__:invalidate")
-        registrar = self._resp2_client()
-        prefix = f"{self.cache.namespace}:"
-        await registrar.execute_command(
-            "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", prefix
-        )
         try:
+            await listener.connect()
+            await listener.connection.send_command("CLIENT", "ID")
+            client_id = int(await listener.connection.read_response())
+            prefix = f"{self.cache.namespace}:"
+            await listener.connection.send_command(
+                "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", prefix
+            )
+            await listener.connection.read_response()  # an error reply raises ResponseError
+            await listener.subscribe("__redis__:invalidate")
             while True:
                 message = await listener.get_message(timeout=None)
                 if message is None or message["type"] == "subscribe":

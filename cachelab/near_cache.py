@@ -15,6 +15,7 @@ key's version, :meth:`NearCache.invalidate` (and :meth:`NearCache.clear`) move v
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -63,10 +64,14 @@ class NearCache:
     ) -> None:
         if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1:
             raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
-        if not isinstance(max_age_s, int | float) or isinstance(max_age_s, bool) or max_age_s <= 0:
+        if (
+            not isinstance(max_age_s, int | float)
+            or isinstance(max_age_s, bool)
+            or not (max_age_s > 0 and math.isfinite(max_age_s))
+        ):
             raise ConfigurationError(
-                f"max_age_s must be a positive number of seconds, got {max_age_s!r}; it bounds "
-                "how long a lost invalidation can leave a stale value here"
+                f"max_age_s must be a positive, finite number of seconds, got {max_age_s!r}; it "
+                "bounds how long a lost invalidation can leave a stale value here"
             )
         self.max_entries = max_entries
         self.max_age_s = float(max_age_s)
@@ -113,7 +118,7 @@ class NearCache:
 
     def put(self, ticket: Ticket, value: Any) -> bool:
         """Store ``value`` if no invalidation of its key (or flush) happened since ``begin``."""
-        if ticket.epoch != self._epoch or self._versions.get(ticket.key) != ticket.version:
+        if not self._current(ticket):
             self.stats.refused += 1
             return False
         self._store(ticket.key, value)
@@ -128,11 +133,23 @@ class NearCache:
             self._in_flight.pop(ticket.key, None)
             self._versions.pop(ticket.key, None)
 
-    def set(self, key: Hashable, value: Any) -> None:
-        """Store ``value`` now (this process's own write) and void fills still in flight."""
+    def set(self, key: Hashable, value: Any, ticket: Ticket | None = None) -> bool:
+        """Store ``value`` now (this process's own write) and void fills still in flight.
+
+        With the ``ticket`` of a :meth:`begin` made before the write was sent, an invalidation
+        (or flush) that arrived since means another write overtook this one: nothing is stored
+        (counted as refused) and False is returned.
+        """
+        if ticket is not None and not self._current(ticket):
+            self.stats.refused += 1
+            return False
         if key in self._versions:
             self._versions[key] += 1
         self._store(key, value)
+        return True
+
+    def _current(self, ticket: Ticket) -> bool:
+        return ticket.epoch == self._epoch and self._versions.get(ticket.key) == ticket.version
 
     def _store(self, key: Hashable, value: Any) -> None:
         self._entries[key] = (value, self._clock())
