@@ -10,6 +10,7 @@ from .expiry import (
 )
 from .faults import FaultResult, run_crashed_holder, run_paused_holder
 from .hotkeys import HotKeyResult, run_hot_key_writes, run_mass_expiry
+from .latency import LATENCY_COLUMNS, measure_invalidation_latency
 from .plots import (
     plot_backend_calls,
     plot_backend_rate,
@@ -17,6 +18,7 @@ from .plots import (
     plot_expiry_overview,
     plot_invalidation,
     plot_latency_cdf,
+    plot_latency_distribution,
     plot_stampede_overview,
     plot_timeline,
     plot_timelines,
@@ -26,6 +28,7 @@ from .reads import READ_COLUMNS, measure_reads, plot_reads
 from .stampede import REQUEST_COLUMNS, StampedeResult, run_stampede, sweep_stampede
 
 __all__ = [
+    "LATENCY_COLUMNS",
     "MODES",
     "READ_COLUMNS",
     "REQUEST_COLUMNS",
@@ -38,6 +41,7 @@ __all__ = [
     "SlowBackend",
     "StampedeResult",
     "expected_xfetch_recomputes",
+    "measure_invalidation_latency",
     "measure_reads",
     "plot_backend_calls",
     "plot_backend_rate",
@@ -45,6 +49,7 @@ __all__ = [
     "plot_expiry_overview",
     "plot_invalidation",
     "plot_latency_cdf",
+    "plot_latency_distribution",
     "plot_reads",
     "plot_stampede_overview",
     "plot_timeline",

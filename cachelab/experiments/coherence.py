@@ -174,7 +174,7 @@ async def run_invalidation(
         near = [c.near.stats.as_dict() for c in caches]
         for cache in caches:
             await cache.aclose()
-        await caches[0].clear()
+        await caches[0].clear()  # the keys, and the invalidator's own (its stream)
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
         if owned:
