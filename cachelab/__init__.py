@@ -1,27 +1,33 @@
 """cachelab: see a cache stampede happen on Redis, and measure every known fix side by side.
 
 The public API is re-exported here; the modules behind it are small and each holds one idea:
-``connection`` (find or start a Redis), ``cache`` (read-/write-through), ``policies`` (who loads
-on a miss), ``refresh`` (when to reload early), ``singleflight`` (LockTable, SingleFlight),
-``redis_lock`` (a notification-woken, fenced Redis lock), ``subscriber`` (one shared pub/sub
-connection), ``fencing`` (the version counter and its Lua), ``near_cache`` (the L1) and
-``invalidation`` (keeping it true), ``streams``, ``serializers``, ``errors`` and ``experiments``.
+``connection`` (find or start a Redis), ``cache`` (read-/write-through), ``breaker`` (stop calling
+a Redis that is down), ``policies`` (who loads on a miss), ``refresh`` (when to reload early),
+``singleflight`` (LockTable, SingleFlight), ``redis_lock`` (a notification-woken, fenced Redis
+lock), ``subscriber`` (one shared pub/sub connection), ``fencing`` (the version counter and its
+Lua), ``near_cache`` (the L1) and ``invalidation`` (keeping it true), ``streams``,
+``serializers``, ``errors`` and ``experiments``.
 """
 
+from .breaker import CircuitBreaker
 from .cache import Cache, Entry, Lookup
 from .connection import RedisSource, clone_client, connect, redact_url, source_of
 from .errors import (
+    AuthenticationError,
     CachelabError,
+    CacheUnavailableError,
     ConfigurationError,
     ExperimentError,
     InvalidURLError,
     LockError,
     LockLostError,
     LockTimeoutError,
+    NotebookError,
     RedisUnavailableError,
     RemoteLoadError,
     SerializationError,
     StreamError,
+    ValueTooLargeError,
 )
 from .invalidation import (
     Invalidator,
@@ -42,15 +48,18 @@ from .policies import (
 )
 from .redis_lock import RedisLock
 from .refresh import RefreshPolicy, StaleWhileRevalidate, XFetch
-from .serializers import JsonSerializer, Serializer
+from .serializers import JsonSerializer, PickleSerializer, Serializer
 from .singleflight import LockTable, SingleFlight
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HERD_POLICIES",
+    "AuthenticationError",
     "Cache",
+    "CacheUnavailableError",
     "CachelabError",
+    "CircuitBreaker",
     "ConfigurationError",
     "Distributed",
     "Entry",
@@ -69,7 +78,9 @@ __all__ = [
     "Lookup",
     "NearCache",
     "NoProtection",
+    "NotebookError",
     "Outcome",
+    "PickleSerializer",
     "PubSubInvalidator",
     "RedisLock",
     "RedisSource",
@@ -84,6 +95,7 @@ __all__ = [
     "StreamError",
     "StreamInvalidator",
     "TrackingInvalidator",
+    "ValueTooLargeError",
     "XFetch",
     "clone_client",
     "connect",

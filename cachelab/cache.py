@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,9 +22,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from . import envelope, fencing
-from .errors import ConfigurationError, SerializationError
+from ._checks import positive_seconds
+from .breaker import CircuitBreaker, Permit
+from .connection import server_label
+from .errors import (
+    CachelabError,
+    CacheUnavailableError,
+    ConfigurationError,
+    SerializationError,
+    ValueTooLargeError,
+)
 from .invalidation import Invalidator, invalidator
 from .metrics import Outcome, Stats
 from .near_cache import NearCache
@@ -33,10 +42,18 @@ from .policies import NOT_REFRESHED, HerdPolicy, herd_policy
 from .redis_lock import RedisLock
 from .refresh import RefreshPolicy, Verdict, refresh_policy
 from .serializers import Serializer, get_serializer
+from .singleflight import SingleFlight
 
-__all__ = ["Cache", "Entry", "Lookup"]
+__all__ = ["ON_REDIS_ERROR", "Cache", "Entry", "Lookup"]
 
 Loader = Callable[[], Awaitable[Any]]
+
+ON_REDIS_ERROR = ("closed", "open")
+"""What a cache does when Redis cannot be reached: raise, or answer without it."""
+
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+"""A serialized value above 1 MiB is refused: a cache entry that large blocks Redis's single thread
+while it travels and evicts many small entries. Pass ``max_value_bytes=None`` to lift the limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +75,9 @@ class Lookup:
 
 
 def _positive_ttl(ttl: object, what: str = "ttl") -> float:
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not (ttl > 0 and math.isfinite(ttl))
-    ):
-        raise ConfigurationError(
-            f"{what} must be a positive, finite number of seconds, got {ttl!r}; "
-            "to remove a key use delete(), to keep it forever use a long TTL"
-        )
-    return float(ttl)
+    return positive_seconds(
+        ttl, what, "to remove a key use delete(), to keep it forever use a long TTL"
+    )
 
 
 class Cache:
@@ -83,6 +93,28 @@ class Cache:
     ``policy`` is a herd policy name (``"none"``, ``"lock_table"``, ``"local"``,
     ``"distributed"``, ``"lease"``) or instance; ``refresh`` a refresh policy (``None``,
     ``"xfetch"``, ``XFetch(beta)``, ``StaleWhileRevalidate(soft_ttl_s)``).
+    ``max_value_bytes`` (default 1 MiB, ``None`` for no limit) bounds the serialized size of a
+    value: a larger one raises :class:`~cachelab.ValueTooLargeError` and nothing is stored.
+
+    When Redis cannot be reached (refused, reset, timed out), ``on_redis_error`` decides:
+
+    - ``"closed"`` (the default): raise :class:`~cachelab.CacheUnavailableError`, naming the
+      server. The default, because a cache that quietly answers without Redis hides an outage
+      (cachelab never falls back silently), and because it sends every read to the system of
+      record, the very load the cache exists to keep away; whether that database can take it is
+      the application's decision, so it is opt-in.
+    - ``"open"``: keep serving. ``get_or_set``/``lookup`` answer from the loader
+      (``Outcome.BYPASS``; concurrent callers of a key still share one load unless the policy is
+      ``"none"``), ``get`` returns the default, and ``set``/``delete``/``write_through`` give up
+      the cache write (counted in ``stats.unwritten``, not raised: the system of record is what
+      matters). Beware that a value cached before the outage may then outlive a failed delete
+      until its TTL ends, if Redis comes back with its data.
+
+    ``breaker`` (by default a fresh :class:`~cachelab.CircuitBreaker` per cache; pass one to
+    share it between caches on the same server, or None for none) stops trying Redis after
+    repeated failures, so an outage costs no timeout per request, and probes by itself until
+    Redis is back. A loader's own errors are never taken for an outage, and reach you unchanged.
+    Housekeeping (``ttl_of``, ``keys``, ``clear``) talks to Redis directly and raises its errors.
 
     A cache that refreshes in the background owns tasks: close it with ``await cache.aclose()``
     (or use ``async with``), which waits for them.
@@ -98,8 +130,11 @@ class Cache:
         refresh: str | RefreshPolicy | None = None,
         serializer: str | Serializer = "json",
         ttl_jitter: float = 0.0,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
         near: NearCache | None = None,
         invalidation: str | Invalidator | None = None,
+        on_redis_error: str = "closed",
+        breaker: CircuitBreaker | str | None = "default",
     ) -> None:
         if (
             not isinstance(namespace, str)
@@ -125,6 +160,14 @@ class Cache:
         self.refresh = refresh_policy(refresh)
         self.refresh.soft_ttl(self.ttl)  # validates soft TTL < TTL up front
         self.serializer = get_serializer(serializer)
+        if max_value_bytes is not None and (
+            type(max_value_bytes) is not int or max_value_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"max_value_bytes must be a positive int (bytes) or None for no limit, "
+                f"got {max_value_bytes!r}; e.g. max_value_bytes=4 * 1024 * 1024 for 4 MiB"
+            )
+        self.max_value_bytes = max_value_bytes
         self.stats = Stats()
         self._prefix = f"{namespace}:{{"
         self._checks_refresh = type(self.refresh) is not RefreshPolicy
@@ -141,6 +184,23 @@ class Cache:
                 "pass near=NearCache(...) too"
             )
         self._invalidator_started: asyncio.Future | None = None
+        if on_redis_error not in ON_REDIS_ERROR:
+            raise ConfigurationError(
+                f"on_redis_error must be 'closed' (raise CacheUnavailableError when Redis cannot "
+                f"be reached) or 'open' (answer from the loader without caching), "
+                f"got {on_redis_error!r}"
+            )
+        self.on_redis_error = on_redis_error
+        if isinstance(breaker, str) and breaker == "default":
+            breaker = CircuitBreaker()
+        elif breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError(
+                f"breaker must be a CircuitBreaker, 'default' (one for this cache) or None (no "
+                f"breaker), got {breaker!r}; e.g. breaker=CircuitBreaker(failures=5, "
+                "reset_after=1.0)"
+            )
+        self.breaker = breaker
+        self._bypassing = SingleFlight()
 
     def __repr__(self) -> str:
         return (
@@ -182,10 +242,11 @@ class Cache:
 
     def redis_key(self, key: str) -> str:
         """The Redis key that stores ``key``: ``namespace:{key}``."""
-        if type(key) is not str or not key:
+        if type(key) is not str or not key or key[0] == "}":
             raise ConfigurationError(
-                f"cache keys must be non-empty strings, got {key!r}; "
-                "build one with e.g. f'user:{user_id}'"
+                f"cache keys must be non-empty strings not starting with '}}', got {key!r} "
+                "(a leading '}' would empty the Redis Cluster hash tag in 'namespace:{key}' and "
+                "split the key from its lock); build one with e.g. f'user:{user_id}'"
             )
         return self._prefix + key + "}"
 
@@ -231,6 +292,20 @@ class Cache:
         self.stats.corrupt += 1
         return None
 
+    def serialize(self, value: Any) -> bytes:
+        """The payload for ``value``, checked before any write: SerializationError if the
+        serializer cannot encode it, ValueTooLargeError if it exceeds ``max_value_bytes``."""
+        payload = self.serializer.dumps(value)
+        limit = self.max_value_bytes
+        if limit is not None and len(payload) > limit:
+            raise ValueTooLargeError(
+                f"a {type(value).__name__} value serializes to {len(payload):,} bytes as "
+                f"{self.serializer.name}, above this cache's max_value_bytes={limit:,}; "
+                "cache a smaller projection of it (only the fields readers need), or raise the "
+                "limit with Cache(..., max_value_bytes=...) (None for no limit)"
+            )
+        return payload
+
     def encode(self, payload: bytes, ttl: float | None, load_ms: float) -> tuple[bytes, int]:
         """The stored bytes for a serialized value, and its TTL in ms (jitter applied)."""
         seconds = self._ttl_for_write(ttl)
@@ -256,13 +331,22 @@ class Cache:
     # --- cache-aside primitives ---------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The cached value, or ``default`` when the key is missing (counts a hit or a miss)."""
+        """The cached value, or ``default`` when the key is missing (counts a hit or a miss).
+
+        With ``on_redis_error="open"``, a Redis that cannot be reached reads as a miss.
+        """
         self.redis_key(key)
-        if self.near is not None:
-            value, outcome = await self._near_lookup(key, None, None)
-        else:
+
+        async def fetch() -> tuple[Any, Outcome | None]:
+            if self.near is not None:
+                return await self._near_lookup(key, None, None)
             entry = await self.read_entry(key)
-            value, outcome = (default, None) if entry is None else (entry.value, Outcome.HIT)
+            return (default, None) if entry is None else (entry.value, Outcome.HIT)
+
+        async def missing() -> tuple[Any, Outcome | None]:
+            return default, None
+
+        value, outcome = await self._via_redis("get", fetch, missing)
         if outcome is None:
             self.stats.misses += 1
             return default
@@ -272,11 +356,22 @@ class Cache:
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value``; it is encoded first, so an unencodable value writes nothing."""
         self.redis_key(key)
-        await self._write_value(key, self.serializer.dumps(value), ttl, value)
+        payload = self.serialize(value)
+        await self._via_redis(
+            "set",
+            lambda: self._write_value(key, payload, ttl, value),
+            lambda: self._unwritten(key),
+        )
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; True if it was there."""
-        return bool(await self._write_value(key, None, None, None))
+        """Remove ``key``; True if it was there (False if Redis was unavailable, when open)."""
+        self.redis_key(key)
+        written = await self._via_redis(
+            "delete",
+            lambda: self._write_value(key, None, None, None),
+            lambda: self._unwritten(key),
+        )
+        return bool(written)
 
     async def _write_value(
         self, key: str, payload: bytes | None, ttl: float | None, value: Any
@@ -336,18 +431,26 @@ class Cache:
     async def lookup(self, key: str, loader: Loader, ttl: float | None = None) -> Lookup:
         """Like :meth:`get_or_set`, but also says how the value was obtained (an Outcome)."""
         self.redis_key(key)
-        if not callable(loader):
+        if not callable(loader) or inspect.isasyncgenfunction(loader):
+            called = inspect.isawaitable(loader)
             raise ConfigurationError(
                 f"loader must be an async callable taking no arguments, got {loader!r}; "
-                "e.g. `async def loader(): return await db.fetch(key)`"
+                + ("pass the function, not its call: loader=fetch, not fetch(); " if called else "")
+                + "e.g. `async def loader(): return await db.fetch(key)`"
             )
         if ttl is not None:
             _positive_ttl(ttl)
-        try:
+        attempt = _Attempt(loader)
+
+        async def through_cache() -> tuple[Any, Outcome]:
             if self.near is not None:
-                value, outcome = await self._near_lookup(key, loader, ttl)
-            else:
-                value, outcome = await self._lookup(key, loader, ttl)
+                return await self._near_lookup(key, attempt, ttl)
+            return await self._lookup(key, attempt, ttl)
+
+        try:
+            value, outcome = await self._via_redis(
+                "lookup", through_cache, lambda: self._bypass(key, loader, attempt)
+            )
         except Exception:
             self.stats.errors += 1
             raise
@@ -446,6 +549,13 @@ class Cache:
         the call. Policies that store in their own way (one Lua call with a release) use this.
         """
         started = time.perf_counter()
+        value = await self._start_load(loader)
+        load_ms = (time.perf_counter() - started) * 1000
+        data, px = self.encode(self.serialize(value), ttl, load_ms)
+        return value, data, px
+
+    def _start_load(self, loader: Loader) -> Awaitable[Any]:
+        """Call the loader (counted in ``stats.loads``); refuse one that is not async."""
         pending = loader()
         if not inspect.isawaitable(pending):
             raise ConfigurationError(
@@ -454,10 +564,7 @@ class Cache:
                 "with `lambda: asyncio.to_thread(fn)`"
             )
         self.stats.loads += 1
-        value = await pending
-        load_ms = (time.perf_counter() - started) * 1000
-        data, px = self.encode(self.serializer.dumps(value), ttl, load_ms)
-        return value, data, px
+        return pending
 
     async def write_through(
         self,
@@ -468,9 +575,11 @@ class Cache:
     ) -> None:
         """Persist ``value`` with ``await writer(value)``, then cache it.
 
-        The value is encoded before the writer runs (an unencodable value writes nothing
-        anywhere). If the writer raises, the cache is left untouched and the error propagates, so
-        the cache never holds a value the system of record refused.
+        The value is encoded and its size checked before the writer runs (an unencodable or
+        too large value writes nothing anywhere). If the writer raises, the cache is left
+        untouched and the error propagates, so the cache never holds a value the system of record
+        refused. A closed cache whose breaker is open refuses before the writer runs; if Redis
+        fails after the writer succeeded, the error says that the value was written there.
         """
         self.redis_key(key)
         if not callable(writer):
@@ -478,9 +587,15 @@ class Cache:
                 f"writer must be an async callable taking the value, got {writer!r}; "
                 "e.g. `async def writer(value): await db.save(key, value)`"
             )
-        payload = self.serializer.dumps(value)
+        payload = self.serialize(value)
         if ttl is not None:
             _positive_ttl(ttl)
+        if self.on_redis_error == "closed" and not self._would_reach_redis():
+            self.stats.breaker_rejected += 1
+            raise CacheUnavailableError(
+                self._unavailable_message("write_through", None)
+                + " Nothing was written: the writer was not called."
+            )
         pending = writer(value)
         if not inspect.isawaitable(pending):
             raise ConfigurationError(
@@ -488,7 +603,112 @@ class Cache:
                 f"{type(pending).__name__}; define it with `async def`"
             )
         await pending
-        await self._write_value(key, payload, ttl, value)
+        await self._via_redis(
+            "write_through (the writer has stored the value; only the cache was not updated)",
+            lambda: self._write_value(key, payload, ttl, value),
+            lambda: self._unwritten(key),
+        )
+
+    # --- when Redis is unavailable ------------------------------------------------------------
+
+    def _would_reach_redis(self) -> bool:
+        return self.breaker is None or self.breaker.would_allow()
+
+    async def _via_redis(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[Any]],
+        degraded: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """``await call()`` (which uses Redis) under the breaker.
+
+        If Redis cannot be reached, or the open breaker does not let the call try, a closed cache
+        raises :class:`CacheUnavailableError` and an open one returns ``await degraded()``. Every
+        other exception (a loader's, a bad value, a Redis error reply) passes through unchanged and
+        tells the breaker that Redis answered.
+        """
+        permit = self._admit()
+        if permit is None:
+            return await self._unavailable(what, None, degraded)
+        try:
+            result = await call()
+        except Exception as exc:
+            if not _is_outage(exc):
+                self._settle(permit, ok=True)
+                raise
+            self.stats.redis_errors += 1
+            self._settle(permit, ok=False)
+            failure = exc
+        except BaseException:  # cancelled: no verdict on Redis
+            self._settle(permit, ok=None)
+            raise
+        else:
+            self._settle(permit, ok=True)
+            return result
+        return await self._unavailable(what, failure, degraded)
+
+    def _admit(self) -> Permit | None:
+        """The breaker's leave to use Redis (always, without a breaker); None while it is open."""
+        if self.breaker is None:
+            return _UNGUARDED
+        permit = self.breaker.allow()
+        if permit is None:
+            self.stats.breaker_rejected += 1
+        return permit
+
+    def _settle(self, permit: Permit, *, ok: bool | None) -> None:
+        if self.breaker is None:
+            return
+        if ok is None:
+            self.breaker.release(permit)
+        elif ok:
+            self.breaker.success(permit)
+        else:
+            self.breaker.failure(permit)
+
+    async def _unavailable(
+        self, what: str, failure: BaseException | None, degraded: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        if self.on_redis_error == "open":
+            return await degraded()
+        raise CacheUnavailableError(self._unavailable_message(what, failure)) from failure
+
+    def _unavailable_message(self, what: str, failure: BaseException | None) -> str:
+        if failure is not None:
+            detail = str(failure).rstrip(". ") or "no details"
+            why = f"Redis did not answer ({type(failure).__name__}: {detail})"
+        elif self.breaker is not None and self.breaker.retry_in() > 0:
+            why = (
+                f"the circuit breaker is open after {self.breaker.failures} consecutive "
+                f"failures, so Redis was not tried; it tries again in "
+                f"{self.breaker.retry_in():.2f} s"
+            )
+        else:
+            why = "the circuit breaker is testing with one call whether Redis is back"
+        return (
+            f"{what} on cache {self.namespace!r} could not use Redis at "
+            f"{server_label(self.redis)}: {why}. Check that the server runs and is reachable, "
+            "or create the cache with on_redis_error='open' to answer from the loader while "
+            "Redis is away."
+        )
+
+    async def _bypass(self, key: str, loader: Loader, attempt: _Attempt) -> tuple[Any, Outcome]:
+        """Answer a lookup without Redis: with the value this caller already loaded (the outage
+        struck while storing it), else from the loader. Concurrent callers of a key share one
+        load unless the policy is ``"none"``, so an outage does not turn into a stampede."""
+        if attempt.loaded:
+            return attempt.value, Outcome.BYPASS
+        if self.policy.name == "none":
+            return await self._start_load(loader), Outcome.BYPASS
+        value, _shared = await self._bypassing.do(key, lambda: self._start_load(loader))
+        return value, Outcome.BYPASS
+
+    async def _unwritten(self, key: str) -> int:
+        """An open cache gives up a write it cannot make; this process's L1 forgets the key."""
+        self.stats.unwritten += 1
+        if self.near is not None:
+            self.near.invalidate(key)
+        return 0
 
     # --- housekeeping -------------------------------------------------------------------------
 
@@ -518,6 +738,53 @@ class Cache:
         if batch:
             await self.redis.unlink(*batch)
         return removed
+
+
+_UNGUARDED = Permit(generation=-1)
+_OUTAGES = (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError, OSError)
+_ANSWERED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError, CachelabError)
+_FROM_LOADER = "_cachelab_from_loader"
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Did Redis fail to answer (refused, reset, timed out, still loading its data)?
+
+    A refused password is an answer (and a misconfiguration, not an outage), cachelab's own errors
+    (a lock wait that timed out) are not about reaching Redis, and an error raised by a loader is
+    the loader's, even when it is a Redis error of some other server.
+    """
+    return (
+        isinstance(exc, _OUTAGES)
+        and not isinstance(exc, _ANSWERED)
+        and not getattr(exc, _FROM_LOADER, False)
+    )
+
+
+class _Attempt:
+    """One lookup's loader, watched: its value is kept (if Redis fails while storing it, the
+    caller gets it without a second load) and its errors are marked as the loader's."""
+
+    __slots__ = ("loaded", "loader", "value")
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader, self.loaded, self.value = loader, False, None
+
+    def __call__(self) -> Any:
+        pending = self.loader()
+        return self._watch(pending) if inspect.isawaitable(pending) else pending
+
+    async def _watch(self, pending: Awaitable[Any]) -> Any:
+        try:
+            self.value = await pending
+        except BaseException as exc:
+            with contextlib.suppress(AttributeError):
+                setattr(exc, _FROM_LOADER, True)
+            raise
+        self.loaded = True
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.loader)
 
 
 def _glob_escape(text: str) -> str:

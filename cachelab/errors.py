@@ -10,9 +10,14 @@ because you know best what they mean.
     ├── ConfigurationError          (also a ValueError)  bad argument; the message names the fix
     │   └── InvalidURLError                               a Redis URL that cannot be parsed
     ├── SerializationError          (also a TypeError)    a value that cannot be encoded/decoded
+    │   └── ValueTooLargeError      (also a ValueError)   encoded, but above the cache's size limit
     ├── RedisUnavailableError       (also a ConnectionError) the Redis you asked for does not answer
+    │   ├── AuthenticationError                           it answered, but refused the credentials
+    │   └── CacheUnavailableError                         a cache call could not reach Redis
     ├── RemoteLoadError                                   the load you waited for failed elsewhere
     ├── ExperimentError                                   an experiment's worker process failed
+    ├── NotebookError                                     a notebook cell failed, or JupyterLab
+    │                                                     did not start
     ├── StreamError                                       a stream or consumer group is missing
     └── LockError                                         a RedisLock could not do what you asked
         ├── LockTimeoutError        (also a TimeoutError) waited longer than the timeout
@@ -25,6 +30,8 @@ Every message says what was wrong and what to do instead. Passwords in URLs are 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
+    "CacheUnavailableError",
     "CachelabError",
     "ConfigurationError",
     "ExperimentError",
@@ -32,10 +39,12 @@ __all__ = [
     "LockError",
     "LockLostError",
     "LockTimeoutError",
+    "NotebookError",
     "RedisUnavailableError",
     "RemoteLoadError",
     "SerializationError",
     "StreamError",
+    "ValueTooLargeError",
 ]
 
 
@@ -58,11 +67,36 @@ class SerializationError(CachelabError, TypeError):
     """A value could not be encoded (on write) or a stored payload decoded (on read)."""
 
 
+class ValueTooLargeError(SerializationError, ValueError):
+    """A value encodes to more bytes than the cache's ``max_value_bytes``; nothing was written.
+
+    Large values block Redis's single thread while they travel and crowd out many small entries,
+    so a cache refuses them unless told otherwise: store a smaller projection of the value, or
+    raise (or disable, with ``None``) the limit.
+    """
+
+
 class RedisUnavailableError(CachelabError, ConnectionError):
     """The Redis server you pointed cachelab at (explicitly or with ``REDIS_URL``) did not answer.
 
     cachelab never falls back silently from a server you asked for by name: your numbers would
     quietly come from somewhere else.
+    """
+
+
+class AuthenticationError(RedisUnavailableError):
+    """The server answered but refused the user name or password in the URL (or an ACL rule
+    forbids a command cachelab needs). The message names the URL with the password as ``***``.
+    """
+
+
+class CacheUnavailableError(RedisUnavailableError):
+    """A cache operation needed Redis and could not reach it (refused, reset, timed out), or the
+    cache's circuit breaker is open after repeated failures, so Redis was not even tried.
+
+    Raised only by caches with ``on_redis_error="closed"`` (the default); with ``"open"`` the cache
+    answers from the loader instead. The message names the server (password as ``***``), says
+    whether the breaker is open and when it probes again, and the original error is chained.
     """
 
 
@@ -94,6 +128,14 @@ class ExperimentError(CachelabError):
     """An experiment could not finish: a worker process failed, died or timed out.
 
     The message carries the worker's own traceback, so the cause is visible from the notebook.
+    """
+
+
+class NotebookError(CachelabError):
+    """A notebook could not be run or served: a cell raised under ``cachelab notebook run``, or
+    JupyterLab did not start under ``cachelab lab``.
+
+    The message names the failing cell and its error, and where the partly executed notebook is.
     """
 
 

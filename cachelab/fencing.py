@@ -56,10 +56,11 @@ return 1
 """
 
 LEASE = """
--- KEYS: value, fence, lease, stale   ARGV: lease ms, fence ttl
+-- KEYS: value, fence, lease, stale   ARGV: lease ms, fence ttl, unreadable value
 -- returns {1, value} | {2, stale value or '', lease pttl} | {3, token}
+-- A value equal to ARGV[3] (bytes the caller could not decode) counts as missing.
 local value = redis.call('get', KEYS[1])
-if value then
+if value and value ~= ARGV[3] then
   return {1, value}
 end
 if redis.call('exists', KEYS[3]) == 1 then
@@ -80,12 +81,13 @@ return 0
 """
 
 CLAIM = """
--- KEYS: value, lock, fence   ARGV: token, lock ms, fence ttl
+-- KEYS: value, lock, fence   ARGV: token, lock ms, fence ttl, unreadable value
 -- The distributed policy's first step, one round trip: the value if someone stored it
 -- meanwhile ({2, value}), else the lock and its fencing token ({1, fence}), else how long the
--- current holder's lock still runs ({0, pttl}).
+-- current holder's lock still runs ({0, pttl}). A value equal to ARGV[4] (bytes the caller
+-- could not decode) counts as missing, so the fill that follows overwrites it.
 local value = redis.call('get', KEYS[1])
-if value then
+if value and value ~= ARGV[4] then
   return {2, value}
 end
 if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

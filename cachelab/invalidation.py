@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import each_node, is_cluster
 from .connection import clone_client, portable_spec
 from .errors import ConfigurationError
 from .subscriber import LOST, RESUMED, Subscriber
@@ -115,8 +116,12 @@ class Invalidator:
                 await task
 
     def _apply(self, key: str) -> None:
+        """Another process changed ``key``: drop it from L1, and detach the reads and loads of it
+        still in flight here (as a local write does), so that a lookup starting now does not join
+        one that began before the write and receive, and keep in L1, the superseded value."""
         self.stats.applied += 1
         self.cache.near.invalidate(key)
+        self.cache.policy.written(key)
 
     def _flush(self) -> None:
         self.stats.flushes += 1
@@ -314,6 +319,12 @@ class TrackingInvalidator(Invalidator):
 
     def _resp2_client(self, client_name: str | None = None) -> aioredis.Redis:
         """A one-connection RESP2 client (the redirect pattern needs RESP2 pub/sub)."""
+        if is_cluster(self.cache.redis):
+            raise ConfigurationError(
+                "CLIENT TRACKING does not span a Redis Cluster: each master reports only the keys "
+                "it holds, to connections made to it, so one tracking connection would miss the "
+                "other masters' writes. Use invalidation='pubsub' or 'streams' on a cluster"
+            )
         if "server" in self.cache.redis.connection_pool.connection_kwargs:
             raise ConfigurationError(
                 "CLIENT TRACKING needs a real Redis server (6.0 or newer); fakeredis does not "
@@ -425,13 +436,15 @@ async def kill_connections(redis: aioredis.Redis, names: list[str]) -> int:
     """CLIENT KILL every connection whose name is in ``names``; returns how many were killed.
 
     Only the named connections: on a shared server, ``CLIENT KILL TYPE pubsub`` would also cut
-    everybody else's subscribers.
+    everybody else's subscribers. On a Redis Cluster every node is searched.
     """
     wanted, killed = set(names), 0
-    for client in await redis.client_list():
-        if client.get("name") in wanted:
-            with contextlib.suppress(ResponseError):  # already gone
-                killed += int(await redis.client_kill_filter(_id=client["id"]))
+    for node in await each_node(redis) if is_cluster(redis) else [None]:
+        on = {} if node is None else {"target_nodes": node}
+        for client in await redis.client_list(**on):
+            if client.get("name") in wanted:
+                with contextlib.suppress(ResponseError):  # already gone
+                    killed += int(await redis.client_kill_filter(_id=client["id"], **on))
     return killed
 
 

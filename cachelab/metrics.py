@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     REFRESH = "refresh"  # the value was cached, but this caller recomputed it early (XFetch)
     LOAD = "load"  # it was missing and this caller ran the loader
     SHARED = "shared"  # it was missing and another caller's load answered this one (coalesced)
+    BYPASS = "bypass"  # Redis was unavailable (on_redis_error="open"): the loader answered
     ERROR = "error"  # the caller got an exception (reported by experiments, never returned)
 
 
@@ -25,13 +26,18 @@ class Stats:
 
     Every lookup ends as exactly one of ``hits`` (a fresh value from Redis), ``stale`` (an old
     value served during a background refresh), ``refreshes`` (recomputed early by this caller),
-    ``misses`` (not cached, answered by a load) or ``errors`` (raised). A miss was answered either
-    by this cache's own loader call or by another caller's load (``coalesced``).
+    ``misses`` (not cached, answered by a load), ``bypassed`` (Redis unavailable, answered by the
+    loader without caching) or ``errors`` (raised). A miss was answered either by this cache's own
+    loader call or by another caller's load (``coalesced``).
 
     ``loads`` counts loader calls of every kind (misses, early and background refreshes, failed
     ones too): the backend load this cache causes. ``rejected`` counts loaded values that were not
     stored because the key's fence moved on meanwhile (a newer lock grant, write or delete).
     ``corrupt`` counts stored entries that could not be decoded and were treated as missing.
+
+    When Redis is down: ``redis_errors`` counts operations that tried Redis and failed (refused,
+    reset, timed out); ``breaker_rejected`` those the open circuit breaker kept from trying at all;
+    ``unwritten`` the writes and deletes that, with ``on_redis_error="open"``, were given up.
     """
 
     hits: int = 0
@@ -45,10 +51,14 @@ class Stats:
     background_refreshes: int = 0
     background_errors: int = 0
     corrupt: int = 0
+    bypassed: int = 0
+    redis_errors: int = 0
+    breaker_rejected: int = 0
+    unwritten: int = 0
 
     @property
     def lookups(self) -> int:
-        return self.hits + self.stale + self.refreshes + self.misses + self.errors
+        return self.hits + self.stale + self.refreshes + self.misses + self.bypassed + self.errors
 
     @property
     def hit_ratio(self) -> float:
@@ -64,6 +74,8 @@ class Stats:
             self.stale += 1
         elif outcome is Outcome.REFRESH:
             self.refreshes += 1
+        elif outcome is Outcome.BYPASS:
+            self.bypassed += 1
         else:
             self.misses += 1
             if outcome is Outcome.SHARED:

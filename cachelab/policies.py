@@ -249,17 +249,25 @@ class Distributed(LocalSingleFlight):
         return await self._settle(cache, key, loader, ttl, lock, claimed)
 
     async def _claim(self, cache, key, lock):
-        """One CLAIM call: ("found", entry) or ("granted", fence), or None if someone holds it."""
+        """One CLAIM: ("found", entry) or ("granted", fence), or None if someone holds it.
+
+        A stored value that does not decode (corrupt) counts as missing: CLAIM is asked again to
+        look past exactly those bytes, so the lock is granted and the fill overwrites them.
+        """
         if self._claim_script is None:
             self._claim_script = cache.redis.register_script(fencing.CLAIM)
         token = secrets.token_hex(16)
         keys = [cache.redis_key(key), lock.name, lock.fence_key]
-        kind, value = await self._claim_script(
-            keys=keys, args=[token, round(lock.ttl * 1000), fencing.FENCE_TTL_MS]
-        )
-        if kind == 2:
+        unreadable = b""
+        while True:
+            args = [token, round(lock.ttl * 1000), fencing.FENCE_TTL_MS, unreadable]
+            kind, value = await self._claim_script(keys=keys, args=args)
+            if kind != 2:
+                break
             entry = cache.decode(value)
-            return ("found", entry) if entry is not None else None
+            if entry is not None:
+                return "found", entry
+            unreadable = value
         if kind == 1:
             lock.token, lock.fence = token, int(value)
             return "granted", lock.fence
@@ -386,15 +394,18 @@ class Lease(LocalSingleFlight):
     def __repr__(self) -> str:
         return f"Lease(lease_ttl={self.lease_ttl:g}, keep_stale_s={self.keep_stale_ms / 1000:g})"
 
-    async def _ask(self, cache, key) -> tuple[int, Any, Any]:
-        """One LEASE call: (1, value) | (2, stale value or b"", lease pttl) | (3, token)."""
+    async def _ask(self, cache, key, unreadable: bytes = b"") -> tuple[int, Any, Any]:
+        """One LEASE call: (1, value) | (2, stale value or b"", lease pttl) | (3, token).
+
+        A stored value equal to ``unreadable`` (bytes that did not decode) counts as missing.
+        """
         if self._script is None:
             self._script = cache.redis.register_script(fencing.LEASE)
         keys = [cache.redis_key(key)] + [
             cache.helper_key(key, r) for r in ("fence", "lease", "stale")
         ]
         reply = await self._script(
-            keys=keys, args=[round(self.lease_ttl * 1000), fencing.FENCE_TTL_MS]
+            keys=keys, args=[round(self.lease_ttl * 1000), fencing.FENCE_TTL_MS, unreadable]
         )
         return int(reply[0]), reply[1], reply[2] if len(reply) > 2 else None
 
@@ -409,14 +420,18 @@ class Lease(LocalSingleFlight):
 
     async def _lease(self, cache, key, loader, ttl) -> tuple[Any, Outcome]:
         deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        unreadable = b""
         while True:
-            kind, first, _pttl = await self._ask(cache, key)
+            kind, first, _pttl = await self._ask(cache, key, unreadable)
             if kind == 3:
                 return await self._fill_with_lease(cache, key, loader, ttl, int(first))
             if kind == 1 or first:
                 entry = cache.decode(first)
                 if entry is not None:
                     return entry.value, Outcome.SHARED if kind == 1 else Outcome.STALE
+                if kind == 1:  # a corrupt value: ask again as if it were missing, and fill it
+                    unreadable = first
+                    continue
             if deadline is not None and time.monotonic() >= deadline:
                 raise LockTimeoutError(
                     f"waited {self.wait_timeout:g} s for the lease holder of {key!r} to fill it; "

@@ -27,6 +27,7 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 
+from .cluster import is_cluster, same_slot
 from .errors import ConfigurationError, LockLostError, LockTimeoutError
 from .fencing import FENCE_TTL_MS
 from .subscriber import Subscriber
@@ -69,7 +70,8 @@ class RedisLock:
     ``async with RedisLock(redis, "report"):`` acquires (waiting without polling) and releases.
     ``lock.fence`` is the fencing token of the current grant. ``fence_key`` and ``channel``
     default to ``name + ":fence"`` and ``name + ":released"``; a cache passes its own so that the
-    fence counter doubles as the key's version.
+    fence counter doubles as the key's version. On a Redis Cluster the lock and its fence key must
+    share a hash slot: give the name a hash tag, e.g. ``"{report}"``.
     """
 
     def __init__(
@@ -97,6 +99,12 @@ class RedisLock:
         self.ttl = float(ttl)
         self.fence_key = fence_key or f"{name}:fence"
         self.channel = channel or f"{name}:released"
+        if is_cluster(redis) and not same_slot(name, self.fence_key):
+            raise ConfigurationError(
+                f"on a Redis Cluster the lock {name!r} and its fence counter {self.fence_key!r} "
+                "must share a hash slot (one script updates both); put a hash tag in the name, "
+                f"e.g. RedisLock(redis, '{{{name}}}'), or pass a fence_key with the same tag"
+            )
         self.wait = wait
         self.poll_interval = poll_interval
         self.token: str | None = None

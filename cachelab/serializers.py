@@ -1,18 +1,34 @@
 """How values become bytes in Redis, and back.
 
 JSON is the default because anyone can read it with ``redis-cli`` and because decoding it cannot run
-code. Pickle is deliberately not offered: unpickling bytes that someone else could write to your
-Redis executes their code. msgpack is available when the ``msgpack`` package is installed.
+code. msgpack is available when the ``msgpack`` package is installed.
+
+Pickle is never on by default and has no plain name: unpickling bytes that someone else could write
+to your Redis executes their code. When every process that shares the cache is your own and values
+really are arbitrary Python objects, :class:`PickleSerializer` signs each payload with HMAC-SHA256
+under a secret key, and checks the signature before unpickling. A payload without a valid
+signature is never unpickled: it is refused as undecodable, so the cache treats the entry as
+corrupt (a miss, overwritten by the next fill). The key must stay secret: anyone who holds it can
+still make every reader run their code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import pickle
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import ConfigurationError, SerializationError
 
-__all__ = ["JsonSerializer", "MsgpackSerializer", "Serializer", "get_serializer"]
+__all__ = [
+    "JsonSerializer",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "get_serializer",
+]
 
 
 @runtime_checkable
@@ -38,7 +54,7 @@ class JsonSerializer:
     def dumps(self, value: Any) -> bytes:
         try:
             return self._encoder.encode(value).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise SerializationError(
                 f"cannot store a value of type {type(value).__name__} as JSON ({exc}); "
                 "convert it to dicts, lists, str, int, float, bool or None first, "
@@ -48,7 +64,7 @@ class JsonSerializer:
     def loads(self, data: bytes) -> Any:
         try:
             return self._decode(data.decode())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # "[[[[..." nested deeper than the stack
             raise SerializationError(f"stored payload is not valid JSON: {exc}") from None
 
 
@@ -87,11 +103,81 @@ class MsgpackSerializer:
             raise SerializationError(f"stored payload is not valid msgpack: {exc}") from None
 
 
+class PickleSerializer:
+    """Pickle, signed: any picklable value, for caches whose every reader and writer you trust.
+
+    A stored payload is ``clp1`` + the HMAC-SHA256 of the pickle under ``secret_key`` (32 bytes)
+    + the pickle. :meth:`loads` recomputes the HMAC and compares it in constant time before it
+    unpickles anything, so bytes written by someone without the key are refused, not run.
+    ``secret_key`` (bytes, or str taken as UTF-8) must be at least 16 bytes; generate one with
+    ``secrets.token_bytes(32)`` and keep it out of the notebook, e.g. in an environment variable.
+    """
+
+    name = "pickle"
+    MIN_KEY_BYTES = 16
+    _MAGIC = b"clp1"
+    _DIGEST_BYTES = hashlib.sha256().digest_size
+
+    def __init__(self, secret_key: bytes | str) -> None:
+        key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+        if not isinstance(key, bytes) or len(key) < self.MIN_KEY_BYTES:
+            size = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
+            raise ConfigurationError(
+                f"PickleSerializer needs a secret_key of at least {self.MIN_KEY_BYTES} bytes, "
+                f"got {size}; generate one with secrets.token_bytes(32) and keep it secret "
+                '(or use serializer="json", which cannot run code)'
+            )
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "PickleSerializer(secret_key=***)"
+
+    def _sign(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+            raise SerializationError(
+                f"cannot pickle a value of type {type(value).__name__} ({exc}); lambdas, local "
+                "classes, open files and sockets cannot be pickled: store plain data instead"
+            ) from None
+        return self._MAGIC + self._sign(data) + data
+
+    def loads(self, data: bytes) -> Any:
+        start = len(self._MAGIC) + self._DIGEST_BYTES
+        if not data.startswith(self._MAGIC) or len(data) < start:
+            raise SerializationError("stored payload is not a signed pickle; refusing to unpickle")
+        signature, body = data[len(self._MAGIC) : start], data[start:]
+        if not hmac.compare_digest(signature, self._sign(body)):
+            raise SerializationError(
+                "stored pickle's signature does not match this secret_key; refusing to unpickle "
+                "(written with another key, or tampered with)"
+            )
+        try:
+            return pickle.loads(body)  # signed by a holder of the secret key: trusted
+        except Exception as exc:  # a signed pickle of a class this process cannot import, ...
+            raise SerializationError(f"signed pickle could not be loaded: {exc}") from None
+
+
 _BY_NAME = {"json": JsonSerializer, "msgpack": MsgpackSerializer}
 
 
 def get_serializer(spec: str | Serializer) -> Serializer:
-    """Return a serializer for a name (``"json"``, ``"msgpack"``) or pass an instance through."""
+    """Return a serializer for a name (``"json"``, ``"msgpack"``) or pass an instance through.
+
+    ``"pickle"`` is refused by name: it needs a secret key, so it is only available as
+    ``PickleSerializer(secret_key=...)``.
+    """
+    if spec == "pickle":
+        raise ConfigurationError(
+            'serializer="pickle" is off by default: unpickling bytes from Redis runs whatever '
+            "code whoever wrote them chose. To enable it, pass "
+            "serializer=PickleSerializer(secret_key=...) with a secret of at least 16 bytes; "
+            "payloads are then signed and a bad signature is never unpickled. Otherwise use "
+            '"json" or "msgpack"'
+        )
     if isinstance(spec, str):
         try:
             return _BY_NAME[spec]()

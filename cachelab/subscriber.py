@@ -24,6 +24,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import is_cluster, node_pool
+
 __all__ = ["LOST", "RESUMED", "Inbox", "Subscriber"]
 
 LOST = object()
@@ -67,8 +69,11 @@ def _dedicated_pubsub(redis: aioredis.Redis, client_name: str):
     A subscribed connection is useless for commands, and closing a PubSub disconnects its
     connection; taking it from the client's pool would hand a dead connection back to the next
     command, which would then pay a reconnect. The name lets an experiment (or an operator) find
-    exactly this connection, e.g. to kill it.
+    exactly this connection, e.g. to kill it. On a Redis Cluster it connects to one node: a
+    PUBLISH on any node reaches the subscribers of every node.
     """
+    if is_cluster(redis):
+        return aioredis.Redis(connection_pool=node_pool(redis, client_name=client_name)).pubsub()
     pool = redis.connection_pool
     kwargs = {**pool.connection_kwargs, "client_name": client_name}
     own = aioredis.ConnectionPool(
@@ -167,7 +172,11 @@ class Subscriber:
             return
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
+            # cancel until it sticks: on Python 3.11 redis-py can swallow a cancellation that
+            # lands as a command completes, and a reader left running holds its connection
+            while not reader.done():
+                reader.cancel()
+                await asyncio.wait({reader}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         pubsub, self._pubsub = self._pubsub, None

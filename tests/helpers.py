@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import socket
+import time
+from dataclasses import dataclass, field
 
 from cachelab import connection
 
@@ -77,3 +81,115 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+# --- leak checks: what a scenario must not leave behind ---------------------------------------
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc ("R", "S", "T" stopped, "Z" zombie, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def child_pids() -> set[int]:
+    """This process's live children (zombies excluded), found by scanning /proc."""
+    me, children = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                state, ppid = fh.read().rsplit(")", 1)[1].split()[:2]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue  # exited while we looked
+        if int(ppid) == me and state not in ("Z", "X"):
+            children.add(int(entry))
+    return children
+
+
+@dataclass
+class LeakWatch:
+    """What the scenario had open while it ran (sampled every 20 ms), so that a test can show
+    the final "nothing left" is not vacuous: the connections and processes did exist."""
+
+    names: set[str] = field(default_factory=set)
+    children: set[int] = field(default_factory=set)
+
+    def named(self, prefix: str) -> set[str]:
+        return {name for name in self.names if name.startswith(prefix)}
+
+
+@dataclass
+class Leftovers:
+    tasks: list[str]
+    children: list[int]
+    connections: list[str]
+    keys: list[bytes]
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.children or self.connections or self.keys)
+
+
+@contextlib.asynccontextmanager
+async def no_leaks(
+    redis,
+    *,
+    keys: str | None = "*",
+    settle_s: float = 15.0,
+):
+    """Assert that the block leaves no asyncio task, child process, server connection or key.
+
+    On entry it notes the running tasks, this process's children and the server's connections
+    (CLIENT LIST ids); on exit it waits up to ``settle_s`` for the block's leftovers to go (a
+    killed socket or an exiting process takes a moment), then fails naming whatever remains:
+    new tasks, new live children, new connections and keys matching ``keys`` (None: do not
+    look). Use it on a private server: on a shared one other users' connections and keys would
+    count; and close inside the block any client the block opened.
+    Yields a :class:`LeakWatch` filled while the block runs.
+    """
+    monitor_client = connection.clone_client(redis, max_connections=1, client_name="no-leaks")
+    await monitor_client.ping()  # its connection exists before the snapshot
+    tasks_before = asyncio.all_tasks()
+    children_before = child_pids()
+    connections_before = {c["id"] for c in await redis.client_list()}
+    watch, done = LeakWatch(), asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            watch.names.update(c["name"] for c in await monitor_client.client_list())
+            watch.children.update(child_pids() - children_before)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.02)
+
+    # stopped by an event, not cancelled: on Python 3.11 redis-py can swallow a cancellation
+    # that lands as a command completes, and the monitor would then sample forever
+    monitor = asyncio.create_task(sample(), name="no-leaks-monitor")
+    try:
+        yield watch
+    finally:
+        done.set()
+        await monitor
+        await monitor_client.aclose()
+
+    async def leftovers() -> Leftovers:
+        tasks = asyncio.all_tasks() - tasks_before - {asyncio.current_task()}
+        connections = [
+            f"id={c['id']} name={c['name']!r} addr={c['addr']} age={c['age']} cmd={c['cmd']}"
+            for c in await redis.client_list()
+            if c["id"] not in connections_before
+        ]
+        return Leftovers(
+            tasks=sorted(f"{t.get_name()}: {t.get_coro()!r}" for t in tasks),
+            children=sorted(child_pids() - children_before),
+            connections=connections,
+            keys=sorted(await scan_keys(redis, keys)) if keys is not None else [],
+        )
+
+    deadline = time.monotonic() + settle_s
+    while (left := await leftovers()) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # polling the server and /proc: there is no event to await
+    assert not left, f"the scenario leaked: {left}"

@@ -120,6 +120,8 @@ def test_set_rejects_a_bad_ttl(key, ttl):
         f"redis://user:{PASSWORD}@127.0.0.1:{free_port()}/0",
         f"redis://:{PASSWORD}@127.0.0.1:notaport",
     ],
+    # fixed ids: the free ports differ between collections (pytest-xdist workers must agree)
+    ids=["scheme", "scheme-with-password", "dead-port", "dead-port-user-db", "bad-port"],
 )
 def test_bad_url_is_one_line_without_the_password(url):
     result = run("ping", "--url", url)

@@ -15,6 +15,7 @@ flush keeps serving what it missed until the L1 entries age out; with the flush,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from ..cache import Cache
 from ..connection import clone_client, connect
@@ -35,7 +37,7 @@ from ..invalidation import (
 )
 from ..near_cache import NearCache
 from ..testing import SlowBackend
-from .traffic import drive_poisson
+from .traffic import cancel_all, drive_poisson
 
 __all__ = ["MODES", "InvalidationResult", "run_invalidation"]
 
@@ -103,8 +105,10 @@ async def run_invalidation(
         raise ConfigurationError("instances and keys must be positive whole numbers")
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
-    namespace = f"cachelab:coherence:{uuid.uuid4().hex[:12]}"
-    clients = [clone_client(base, max_connections=16) for _ in range(instances)]
+    run = uuid.uuid4().hex[:12]
+    namespace = f"cachelab:coherence:{run}"
+    clients = [clone_client(base, max_connections=16, client_name=f"cachelab-coherence-{run}-{i}")
+               for i in range(instances)]  # fmt: skip
     caches = [
         Cache(c, namespace=namespace, ttl=60, near=NearCache(max_age_s=near_max_age),
               invalidation=_invalidator(mode))
@@ -144,38 +148,46 @@ async def run_invalidation(
             commits.append({"t_s": time.perf_counter() - start, "key": key, "version": version})
 
     async def fault() -> None:
-        await asyncio.sleep(kill_at)
-        names_ = [n for c in caches for n in c.invalidator.connection_names()]
-        marks["killed_s"] = time.perf_counter() - start
-        marks["killed"] = 0
-        last_kill = time.perf_counter()
-        while last_kill - start < kill_at + outage_s:
-            marks["killed"] += await kill_connections(base, names_)
-            last_kill = time.perf_counter()  # after the kill: later resumptions are real ones
-            await asyncio.sleep(0.02)
-        while not all((c.invalidator.resumed_at or 0) > last_kill for c in caches):  # noqa: ASYNC110
-            await asyncio.sleep(0.005)  # a local attribute, polled: no Redis traffic
-        marks["reconnected_s"] = time.perf_counter() - start
+        # a timeout inside the task, not asyncio.wait_for around it: cancelling a wait_for twice
+        # abandons the task it waits for, and this one would then poll forever
+        async with asyncio.timeout(duration + 5):
+            await asyncio.sleep(kill_at)
+            names_ = [n for c in caches for n in c.invalidator.connection_names()]
+            marks["killed_s"] = time.perf_counter() - start
+            marks["killed"] = 0
+            last_kill = time.perf_counter()
+            while last_kill - start < kill_at + outage_s:
+                marks["killed"] += await kill_connections(base, names_)
+                last_kill = time.perf_counter()  # after the kill: later resumptions are real ones
+                await asyncio.sleep(0.02)
+            while not all((c.invalidator.resumed_at or 0) > last_kill for c in caches):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # a local attribute, polled: no Redis traffic
+            marks["reconnected_s"] = time.perf_counter() - start
 
+    jobs: list[asyncio.Task] = []
     try:
         for name in names:  # every key starts cached at version 0
             backend.rows[name] = {"key": name, "version": 0}
             await caches[0].set(name, backend.rows[name])
         commits.extend({"t_s": -1.0, "key": n, "version": 0} for n in names)
         start = time.perf_counter()
-        jobs = [
-            drive_poisson(readers_rate, duration, rng, read, start=start),
-            drive_poisson(writes_rate, duration, rng, write, start=start),
+        jobs += [
+            asyncio.create_task(drive_poisson(readers_rate, duration, rng, read, start=start)),
+            asyncio.create_task(drive_poisson(writes_rate, duration, rng, write, start=start)),
         ]
         if kill_at is not None and mode != "none":
-            jobs.append(asyncio.wait_for(fault(), duration + 5))
+            jobs.append(asyncio.create_task(fault()))
         await asyncio.gather(*jobs)
         stats = [c.invalidator.stats.as_dict() for c in caches if c.invalidator is not None]
         near = [c.near.stats.as_dict() for c in caches]
+    finally:
+        await cancel_all(jobs)  # gather gives up at the first failure, leaving the others running
         for cache in caches:
             await cache.aclose()
-        await caches[0].clear()  # the keys, and the invalidator's own (its stream)
-    finally:
+        # a failed or cancelled run still removes its keys, the invalidator's own included (a
+        # Streams log has no TTL: left behind, it would stay forever)
+        with contextlib.suppress(RedisError, OSError):
+            await caches[0].clear()
         await asyncio.gather(*(c.aclose() for c in clients))
         if owned:
             await base.aclose()

@@ -17,6 +17,7 @@ Each returns an event timeline (one row per event, times in ms from the start) a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from ..cache import Cache
 from ..connection import clone_client, connect, portable_spec
@@ -33,6 +35,7 @@ from ..instances import expect, start_worker, stop
 from ..metrics import Outcome
 from ..policies import Distributed
 from ..testing import SlowBackend
+from .traffic import cancel_all
 
 __all__ = ["FaultResult", "run_crashed_holder", "run_paused_holder"]
 
@@ -74,13 +77,35 @@ def _require_signals() -> None:
         )
 
 
-async def _holder(base, namespace, key, *, lock_ttl, loader_s, fence, value):
+def _run_id() -> tuple[str, str]:
+    """A fresh namespace for one run, and the prefix its connections are named with."""
+    run = uuid.uuid4().hex[:12]
+    return f"cachelab:fault:{run}", f"cachelab-fault-{run}"
+
+
+async def _holder(base, namespace, key, *, name, lock_ttl, loader_s, fence, value):
+    spec = portable_spec(base).to_json()
+    spec["kwargs"]["client_name"] = f"{name}-holder"  # findable in CLIENT LIST
     worker = await start_worker({
-        "mode": "holder", "spec": portable_spec(base).to_json(), "namespace": namespace,
+        "mode": "holder", "spec": spec, "namespace": namespace,
         "key": key, "lock_ttl": lock_ttl, "loader_s": loader_s, "fence": fence, "value": value,
     })  # fmt: skip
-    await expect(worker, "loading")  # it holds the lock and its loader is running
+    try:
+        await expect(worker, "loading")  # it holds the lock and its loader is running
+    except BaseException:
+        await _end(worker)
+        raise
     return worker
+
+
+async def _end(worker: asyncio.subprocess.Process | None) -> None:
+    """Kill ``worker`` (running or stopped) and reap it, unless it already exited: a failed or
+    cancelled run must not leave a holder behind, let alone a stopped one that keeps its lock."""
+    if worker is None or worker.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        worker.kill()
+    await stop(worker)
 
 
 async def run_crashed_holder(
@@ -95,14 +120,16 @@ async def run_crashed_holder(
     _require_signals()
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
-    namespace, key = f"cachelab:fault:{uuid.uuid4().hex[:12]}", "report"
+    (namespace, name), key = _run_id(), "report"
     clock = _Clock()
-    clients = [clone_client(base, max_connections=8) for _ in range(instances)]
+    clients = [clone_client(base, max_connections=8, client_name=f"{name}-instance-{i}")
+               for i in range(instances)]  # fmt: skip
     caches = [Cache(c, namespace=namespace, ttl=60, policy=Distributed(lock_ttl=lock_ttl))
               for c in clients]  # fmt: skip
     backend = SlowBackend(loader_ms)
+    holder, tasks = None, []
     try:
-        holder = await _holder(base, namespace, key, lock_ttl=lock_ttl, loader_s=3600,
+        holder = await _holder(base, namespace, key, name=name, lock_ttl=lock_ttl, loader_s=3600,
                                fence=True, value={"from": "holder"})  # fmt: skip
         clock.log("holder", "acquired the lock, loading")
 
@@ -119,8 +146,11 @@ async def run_crashed_holder(
         rows = await asyncio.gather(*tasks)
         clock.log("waiters", f"{waiters} waiters answered")
         await stop(holder)
-        await caches[0].clear()
     finally:
+        await cancel_all(tasks)  # all done unless the run failed or was cancelled
+        await _end(holder)
+        with contextlib.suppress(RedisError, OSError):  # a failed run still removes its keys
+            await caches[0].clear()
         await asyncio.gather(*(c.aclose() for c in clients))
         if owned:
             await base.aclose()
@@ -159,15 +189,16 @@ async def run_paused_holder(
         )
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
-    namespace, key = f"cachelab:fault:{uuid.uuid4().hex[:12]}", "balance"
+    (namespace, name), key = _run_id(), "balance"
     clock = _Clock()
     policy = Distributed(lock_ttl=lock_ttl, fence=fence)
     cache = Cache(base, namespace=namespace, ttl=60, policy=policy)
     old = {"writer": "paused holder", "computed": "before the pause"}
     new = {"writer": "new holder", "computed": "during the pause"}
+    holder = None
     try:
-        holder = await _holder(base, namespace, key, lock_ttl=lock_ttl, loader_s=loader_s,
-                               fence=fence, value=old)  # fmt: skip
+        holder = await _holder(base, namespace, key, name=name, lock_ttl=lock_ttl,
+                               loader_s=loader_s, fence=fence, value=old)  # fmt: skip
         clock.log("holder A", "acquired the lock (fence n), loading")
         holder.send_signal(signal.SIGSTOP)
         clock.log("holder A", "paused (SIGSTOP)")
@@ -189,8 +220,10 @@ async def run_paused_holder(
         clock.log("holder A", f"tried to store its old value: {verdict}")
         await stop(holder)
         final = await cache.get(key)
-        await cache.clear()
     finally:
+        await _end(holder)
+        with contextlib.suppress(RedisError, OSError):  # a failed run still removes its keys
+            await cache.clear()
         if owned:
             await base.aclose()
     summary = {

@@ -10,7 +10,21 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["backend_rate", "drive_poisson"]
+__all__ = ["backend_rate", "cancel_all", "drive_poisson"]
+
+
+async def cancel_all(tasks) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, so none outlives its experiment.
+
+    A task still running after a round is cancelled again: on Python 3.11 a cancellation that
+    lands just as redis-py's ``wait_for`` completes a command can be swallowed, and the task
+    would go on (an experiment's fault loop, for instance, would poll forever).
+    """
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def drive_poisson(
@@ -31,19 +45,22 @@ async def drive_poisson(
     start = time.perf_counter() if start is None else start
     tasks: set[asyncio.Task] = set()
     arrival = reported = 0.0
-    while True:
-        arrival += rng.expovariate(rate)
-        if arrival >= duration:
-            break
-        await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
-        task = asyncio.create_task(request(arrival))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        if on_progress is not None and arrival - reported >= 0.1:
-            reported = arrival
-            on_progress(arrival / duration)
-    if tasks:
-        await asyncio.gather(*tasks)
+    try:
+        while True:
+            arrival += rng.expovariate(rate)
+            if arrival >= duration:
+                break
+            await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
+            task = asyncio.create_task(request(arrival))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if on_progress is not None and arrival - reported >= 0.1:
+                reported = arrival
+                on_progress(arrival / duration)
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:  # cancelled, or a request failed: no request may outlive the run
+        await cancel_all(list(tasks))
     if on_progress is not None:
         on_progress(1.0)
 
