@@ -2,6 +2,7 @@
 
 from ..testing import BackendError, Gate, SlowBackend
 from .coherence import MODES, InvalidationResult, run_invalidation
+from .compare import COMPARISON_COLUMNS, compare_policies
 from .expiry import (
     ExpiryResult,
     expected_xfetch_recomputes,
@@ -11,14 +12,17 @@ from .expiry import (
 from .faults import FaultResult, run_crashed_holder, run_paused_holder
 from .hotkeys import HotKeyResult, run_hot_key_writes, run_mass_expiry
 from .latency import LATENCY_COLUMNS, measure_invalidation_latency
+from .outage import OUTAGE_COLUMNS, OUTAGE_MODES, OutageResult, run_outage
 from .plots import (
     plot_backend_calls,
     plot_backend_rate,
+    plot_comparison,
     plot_events,
     plot_expiry_overview,
     plot_invalidation,
     plot_latency_cdf,
     plot_latency_distribution,
+    plot_outage,
     plot_stampede_overview,
     plot_timeline,
     plot_timelines,
@@ -28,8 +32,11 @@ from .reads import READ_COLUMNS, measure_reads, plot_reads
 from .stampede import REQUEST_COLUMNS, StampedeResult, run_stampede, sweep_stampede
 
 __all__ = [
+    "COMPARISON_COLUMNS",
     "LATENCY_COLUMNS",
     "MODES",
+    "OUTAGE_COLUMNS",
+    "OUTAGE_MODES",
     "READ_COLUMNS",
     "REQUEST_COLUMNS",
     "BackendError",
@@ -38,18 +45,22 @@ __all__ = [
     "Gate",
     "HotKeyResult",
     "InvalidationResult",
+    "OutageResult",
     "SlowBackend",
     "StampedeResult",
+    "compare_policies",
     "expected_xfetch_recomputes",
     "measure_invalidation_latency",
     "measure_reads",
     "plot_backend_calls",
     "plot_backend_rate",
+    "plot_comparison",
     "plot_events",
     "plot_expiry_overview",
     "plot_invalidation",
     "plot_latency_cdf",
     "plot_latency_distribution",
+    "plot_outage",
     "plot_reads",
     "plot_stampede_overview",
     "plot_timeline",
@@ -60,6 +71,7 @@ __all__ = [
     "run_hot_key_writes",
     "run_invalidation",
     "run_mass_expiry",
+    "run_outage",
     "run_paused_holder",
     "run_stampede",
     "simulate_xfetch",

@@ -20,11 +20,13 @@ __all__ = [
     "OUTCOME_COLORS",
     "plot_backend_calls",
     "plot_backend_rate",
+    "plot_comparison",
     "plot_events",
     "plot_expiry_overview",
     "plot_invalidation",
     "plot_latency_cdf",
     "plot_latency_distribution",
+    "plot_outage",
     "plot_stampede_overview",
     "plot_timeline",
     "plot_timelines",
@@ -35,6 +37,7 @@ OUTCOME_COLORS = {
     "hit": "#2ca02c",
     "load": "#d62728",
     "shared": "#1f77b4",
+    "bypass": "#ff7f0e",
     "error": "#7f7f7f",
 }
 
@@ -514,3 +517,143 @@ def plot_latency_distribution(
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small")
     ax.grid(True, which="both", alpha=0.3)
     return ax
+
+
+WORKLOAD_COLORS = {"cold start": "#1f77b4", "expiries": "#ff7f0e", "writes": "#9467bd"}
+
+
+def _grouped_positions(groups: pd.Series, gap: float = 1.2) -> tuple[np.ndarray, dict]:
+    """One y position per row, top to bottom, with a gap before each new group for its name."""
+    positions, starts, y, previous = [], {}, 0.0, None
+    for group in groups:
+        if group != previous:
+            y += gap if previous is not None else gap - 0.4
+            starts[group] = y - 0.75
+            previous = group
+        positions.append(y)
+        y += 1
+    return np.array(positions), starts
+
+
+def _percent(value: float) -> str:
+    return "<1%" if 0 < value < 1 else f"{value:.0f}%"
+
+
+def _figure(value: float) -> str:
+    """Three significant digits, without switching to 1e+03 notation for large values."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def plot_comparison(frame: pd.DataFrame, *, title: str | None = None):
+    """Four panels comparing the rows of :func:`~cachelab.experiments.compare_policies`.
+
+    One horizontal bar per (workload, herd, refresh) row, grouped and coloured by workload:
+    backend loads per event and latency (p99 bars, p50 marks), both on log scales because they
+    span orders of magnitude; misses and stale reads as shares of the requests (outdated reads,
+    served as if fresh, stacked in red after the values marked stale).
+    """
+    rows = frame.reset_index(drop=True)
+    y, starts = _grouped_positions(rows["workload"])
+    colors = [WORKLOAD_COLORS.get(w, "#7f7f7f") for w in rows["workload"]]
+    fig, axes = plt.subplots(
+        2, 2, figsize=(13, 3 + 0.5 * (y.max() + 1)), sharey=True, layout="constrained"
+    )
+    (loads, latency), (misses, stale) = axes
+    share = 100 / rows["requests"].clip(lower=1)
+
+    bars = loads.barh(y, rows["loads_per_event"], color=colors)
+    loads.bar_label(bars, labels=[_figure(v) for v in rows["loads_per_event"]], padding=2)
+    loads.set_xscale("log")
+    loads.xaxis.set_major_formatter(_PlainLogFormatter())
+    loads.set_xlim(0.5, rows["loads_per_event"].max() * 4)
+    loads.set_xlabel("backend loads per event (cold start, expiry or invalidation; log scale)")
+    loads.set_title("Backend load")
+
+    floor = max(0.05, min(rows["p50_ms"].min(), rows["p99_ms"].min()) / 2)  # log: no zero
+    bars = latency.barh(y, rows["p99_ms"] - floor, left=floor, color=colors)
+    latency.bar_label(bars, labels=[_figure(v) for v in rows["p99_ms"]], padding=2)
+    latency.scatter(
+        rows["p50_ms"], y, marker="|", s=150, color="black", zorder=3, label="p50 latency"
+    )
+    latency.set_xscale("log")
+    latency.xaxis.set_major_formatter(_PlainLogFormatter())
+    latency.set_xlim(floor, rows["p99_ms"].max() * 4)
+    latency.set_xlabel("request latency (ms, log scale): bars p99, marks p50")
+    latency.set_title("Tail latency")
+
+    missed = rows["misses"] * share
+    bars = misses.barh(y, missed, color=colors)
+    misses.bar_label(bars, labels=[_percent(v) for v in missed], padding=2)
+    misses.set_xlim(0, 115)
+    misses.set_xlabel("requests that found no value and waited for a load (%)")
+    misses.set_title("Misses")
+
+    marked, outdated = rows["stale_served"] * share, rows["outdated_reads"] * share
+    stale.barh(y, marked, color=colors)
+    stale.barh(y, outdated, left=marked, color="#d62728", hatch="//", edgecolor="white",
+               label="outdated after a write, served as fresh")  # fmt: skip
+    for yi, total in zip(y, marked + outdated, strict=True):
+        stale.annotate(_percent(total), (total, yi), xytext=(2, 0), textcoords="offset points",
+                       va="center")  # fmt: skip
+    stale.set_xlim(0, max(10.0, (marked + outdated).max() * 1.2))
+    stale.set_xlabel("requests answered with an old value (%); plain bars: marked stale")
+    stale.set_title("Stale reads")
+
+    for ax in axes.flat:
+        ax.set_yticks(y, rows["label"])
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+        for workload, heading in starts.items():
+            ax.axhline(heading - 0.25, color="grey", lw=0.6)
+            if ax in (loads, misses):
+                ax.text(0.01, heading + 0.2, workload, transform=ax.get_yaxis_transform(),
+                        fontweight="bold", va="center")  # fmt: skip
+    for ax in (loads, misses):
+        ax.set_ylabel("herd policy + refresh policy")
+    for ax in (latency, stale):
+        ax.tick_params(labelleft=False)
+    loads.set_ylim(y.max() + 0.7, 0)  # first row on top
+    handles = [Patch(color=c, label=w) for w, c in WORKLOAD_COLORS.items() if w in starts]
+    handles += [h for ax in (latency, stale) for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    fig.suptitle(title or "Herd and refresh policies side by side")
+    return fig
+
+
+_FAULT_LABELS = {
+    "kill": "Redis down (SIGKILL, restarted empty)",
+    "freeze": "Redis frozen (SIGSTOP, then SIGCONT)",
+}
+
+
+def plot_outage(result, *, title: str | None = None):
+    """Request latency over time during an outage, one panel per mode, the outage shaded.
+
+    ``result`` is an :class:`~cachelab.experiments.OutageResult`. Each dot is one request at its
+    arrival time, coloured by how it was answered (errors included: their latency is how long the
+    caller waited to be told). The y axis is logarithmic, so a refused connection (~0.1 ms), a
+    loader call (a few ms) and a socket timeout (hundreds of ms) all stay readable.
+    """
+    summary = result.summary
+    fig, axes = plt.subplots(
+        len(summary), 1, figsize=(11, 2.6 * len(summary)), sharex=True, sharey=True,
+        layout="constrained", squeeze=False,
+    )  # fmt: skip
+    for ax, row in zip(axes[:, 0], summary.itertuples(), strict=True):
+        requests = result.requests[result.requests["mode"] == row.mode]
+        ax.axvspan(row.failed_s, row.restored_s, color="#d62728", alpha=0.12, lw=0,
+                   label=_FAULT_LABELS.get(row.fault, "Redis unavailable"))  # fmt: skip
+        for outcome, rows in requests.groupby("outcome", sort=False):
+            ax.scatter(rows["t_s"], rows["latency_ms"].clip(lower=0.01), s=6,
+                       color=OUTCOME_COLORS.get(str(outcome), "black"),
+                       label=f"{outcome} ({len(rows)})")  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log)")
+        ax.set_title(
+            f"{row.mode}: {row.errors} errors, {row.served_from_loader} answered by the loader, "
+            f"{row.paid_timeout} paid a timeout"
+        )
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", markerscale=2)
+    axes[-1, 0].set_xlabel("request arrival (s since the start of the run)")
+    fig.suptitle(title or "A Redis outage under steady traffic: what each mode does to requests")
+    return fig
