@@ -56,11 +56,13 @@ import random
 import statistics
 import sys
 import time
-import traceback
 import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))  # the benchmarks' shared helpers, however we are loaded
+from _workers import run_worker, send, spawn  # noqa: E402
+
 ROOT = HERE.parent.parent
 MODES = ("pubsub", "streams", "tracking")
 LABELS = {
@@ -80,11 +82,6 @@ PLOT_FLOOR_MS = 0.01  # the CDF's log axis starts here; samples at or below it a
 
 
 # --- the worker processes -----------------------------------------------------------------------
-
-
-def _send(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 async def _never_load():
@@ -136,7 +133,7 @@ async def _worker() -> None:
             await cache.get("warm-up")  # starts the invalidator (subscribed, reading, tracking)
             await client.ping()
         clock = time.get_clock_info("perf_counter").implementation
-        _send({"kind": "ready", "pid": os.getpid(), "clock": clock})
+        send({"kind": "ready", "pid": os.getpid(), "clock": clock})
         while line := await reader.readline():
             command = json.loads(line)
             mode = command.get("mode")
@@ -151,15 +148,15 @@ async def _worker() -> None:
                 applied_at[mode] = None
                 armed[mode] = True
                 value = await cache.get_or_set(KEY, _never_load)
-                _send({"kind": "armed", "value": value, "in_l1": KEY in cache.near})
+                send({"kind": "armed", "value": value, "in_l1": KEY in cache.near})
             elif command["cmd"] == "collect":  # B: when was it applied (waits if not yet)?
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(command["timeout_s"]):
                         await applied[mode].wait()
                 armed[mode] = False
-                _send({"kind": "applied", "t": applied_at[mode], "in_l1": KEY in cache.near})
+                send({"kind": "applied", "t": applied_at[mode], "in_l1": KEY in cache.near})
             elif command["cmd"] == "finish":
-                _send(
+                send(
                     {
                         "kind": "finished",
                         "role": role,
@@ -177,25 +174,7 @@ async def _worker() -> None:
         await client.aclose()
 
 
-def worker_main() -> None:
-    try:
-        asyncio.run(_worker())
-    except BaseException:
-        _send({"kind": "error", "traceback": traceback.format_exc()})
-        sys.exit(1)
-
-
 # --- the parent -----------------------------------------------------------------------------------
-
-
-async def _spawn(job: dict) -> asyncio.subprocess.Process:
-    pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE), "--worker",
-        stdin=pipe, stdout=pipe, stderr=pipe, limit=64 * 1024 * 1024,
-    )  # fmt: skip
-    proc.stdin.write((json.dumps(job) + "\n").encode())  # connection details: over the pipe
-    return proc
 
 
 def _tell(proc: asyncio.subprocess.Process, command: dict) -> None:
@@ -214,8 +193,8 @@ async def run(url: str, args, meter_pids: list[int] | None = None) -> dict:
     await base.aclose()
     namespace = f"bench:inval:{uuid.uuid4().hex[:8]}"
     job = {"spec": spec, "namespace": namespace, "modes": args.modes}
-    writer = await _spawn({**job, "role": "writer"})
-    reader = await _spawn({**job, "role": "reader"})
+    writer = await spawn(HERE, {**job, "role": "writer"})
+    reader = await spawn(HERE, {**job, "role": "reader"})
     rng = random.Random(args.seed)
     samples: list[dict] = []
     try:
@@ -551,6 +530,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if "--worker" in sys.argv[1:]:
-        worker_main()
+        run_worker(_worker)
     else:
         main()
