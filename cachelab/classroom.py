@@ -1,0 +1,513 @@
+"""The classroom side of cachelab: open the notebooks in JupyterLab, list them, re-run one.
+
+A teacher starts ``cachelab lab`` and gets a JupyterLab whose kernels all talk to one known Redis
+(an embedded ``redis-server`` when none runs, stopped with the lab). A student who wants to see
+what 2000 clients do instead of 200 runs ``cachelab notebook run 01 -p CLIENTS 2000``: papermill
+executes a copy with the new value injected, and the copy's charts are written out as PNG files.
+
+Every notebook has one cell tagged ``parameters`` holding only ``NAME = literal`` lines; that cell
+is the whole interface. Names and values are checked against it before a kernel starts, so a typo
+costs a second, not a run.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import connection
+from .connection import RedisSource
+from .errors import ConfigurationError, NotebookError
+
+__all__ = [
+    "DEFAULT_LAB_PORT",
+    "Lab",
+    "Notebook",
+    "Parameter",
+    "RunResult",
+    "default_notebook_dir",
+    "discover",
+    "find_notebook",
+    "free_lab_port",
+    "lab_redis_url",
+    "notebook_dir",
+    "parameter_pairs",
+    "parse_value",
+    "read_notebook",
+    "resolve_parameters",
+    "run_notebook",
+    "save_charts",
+]
+
+DEFAULT_LAB_PORT = 8888
+LAB_READY_TIMEOUT = 180.0
+"""Seconds JupyterLab gets to answer; a first start on a slow, busy machine takes a while."""
+LAB_STOP_TIMEOUT = 30.0
+"""Seconds JupyterLab gets to shut its kernels down after SIGTERM before it is killed."""
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+_NUMBER = re.compile(r"^(\d+)")
+
+
+# --- finding the notebooks ---------------------------------------------------------------------
+
+
+def default_notebook_dir() -> Path:
+    """The repository's ``notebooks/`` folder, next to the ``cachelab`` package."""
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebook_dir(path: Path | None = None) -> Path:
+    """``path`` (or the default folder) if it exists; else an error that says how to get one."""
+    folder = Path(path) if path is not None else default_notebook_dir()
+    if folder.is_dir():
+        return folder
+    if path is not None:
+        raise ConfigurationError(f"notebook folder {folder} does not exist; pass an existing one")
+    raise ConfigurationError(
+        f"no notebooks folder at {folder}: cachelab installed from a wheel ships without the "
+        "notebooks. Clone the cachelab repository and run cachelab from that checkout "
+        "(uv run cachelab ...), or pass --notebook-dir pointing at its notebooks/ folder"
+    )
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One ``NAME = literal`` line of a notebook's ``parameters`` cell."""
+
+    name: str
+    source: str
+    """The default exactly as written in the cell, e.g. ``[10, 50, 200]``."""
+
+    @property
+    def default(self) -> Any:
+        """The default as a Python value (the source text itself if it is not a literal)."""
+        try:
+            return ast.literal_eval(self.source)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return self.source
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.source}"
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """A teaching notebook: its file, its title and the parameters it can be re-run with."""
+
+    path: Path
+    title: str
+    parameters: dict[str, Parameter]
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def number(self) -> str:
+        """The leading digits of the file name ("01"), or "" if it has none."""
+        match = _NUMBER.match(self.stem)
+        return match.group(1) if match else ""
+
+    def parameter_list(self) -> str:
+        return ", ".join(map(str, self.parameters.values())) or "(none)"
+
+
+def discover(folder: Path) -> list[Notebook]:
+    """Every ``*.ipynb`` in ``folder``, in file-name order (so in teaching order)."""
+    return [read_notebook(path) for path in sorted(Path(folder).glob("*.ipynb"))]
+
+
+def read_notebook(path: Path) -> Notebook:
+    """Read the title (first markdown heading) and the ``parameters`` cell of ``path``."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as exc:  # nbformat's NotJSONError is a ValueError
+        raise ConfigurationError(f"{path} is not a readable notebook: {exc}") from None
+    return Notebook(Path(path), _title(nb, path), _parameters(nb, path))
+
+
+def _title(nb, path: Path) -> str:
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            match = _HEADING.match(line)
+            if match:
+                return match.group(1)
+    return Path(path).stem
+
+
+def _parameters(nb, path: Path) -> dict[str, Parameter]:
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return {}
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError as exc:
+        raise ConfigurationError(
+            f"the parameters cell of {Path(path).name} is not valid Python ({exc.msg}); "
+            "it must hold only NAME = literal lines"
+        ) from None
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                source = ast.get_source_segment(cell.source, node.value) or ""
+                found[target.id] = Parameter(target.id, source)
+    return found
+
+
+def find_notebook(notebooks: list[Notebook], name: str) -> Notebook:
+    """The notebook ``name`` means: its number ("01" or "1"), its file name or stem, or a prefix
+    of the stem that only one notebook has."""
+    key = Path(name).name.removesuffix(".ipynb")
+    number = int(key) if key.isdigit() else None
+    exact = [nb for nb in notebooks if key == nb.stem or (nb.number and int(nb.number) == number)]
+    candidates = exact or [nb for nb in notebooks if key and nb.stem.startswith(key)]
+    if len(candidates) == 1:
+        return candidates[0]
+    names = ", ".join(nb.stem for nb in notebooks) or "(the folder has none)"
+    if name.startswith("-"):
+        problem = f"the notebook name must come first, got {name!r}"
+    elif candidates:
+        problem = f"{name!r} matches several notebooks ({', '.join(nb.stem for nb in candidates)})"
+    else:
+        problem = f"no notebook matches {name!r}"
+    raise ConfigurationError(f"{problem}; name one by number, file name or prefix: {names}")
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+
+def parameter_pairs(args: list[str]) -> list[tuple[str, str]]:
+    """``["-p", "CLIENTS", "2000", ...]`` -> ``[("CLIENTS", "2000"), ...]``, else a clear error."""
+    pairs, rest = [], list(args)
+    while rest:
+        flag = rest.pop(0)
+        if flag not in ("-p", "--parameter"):
+            raise ConfigurationError(
+                f"unexpected {flag!r}; set parameters with -p NAME VALUE, e.g. -p CLIENTS 2000"
+            )
+        if len(rest) < 2:
+            raise ConfigurationError(f"{flag} needs a NAME and a VALUE, e.g. -p CLIENTS 2000")
+        pairs.append((rest.pop(0), rest.pop(0)))
+    return pairs
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as papermill's ``-p`` reads it: a Python literal if it is one
+    (``2000``, ``0.5``, ``True``, ``[10, 100]``, ``None``), else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def resolve_parameters(notebook: Notebook, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Check names and values against the notebook's ``parameters`` cell; return the overrides.
+
+    An unknown name, or a value of the wrong kind for its default (text for a number, a fraction
+    for a whole number), is an error raised before any kernel starts.
+    """
+    values: dict[str, Any] = {}
+    for name, text in pairs:
+        parameter = notebook.parameters.get(name)
+        if parameter is None:
+            raise ConfigurationError(
+                f"{notebook.stem} has no parameter {name!r}; its parameters are "
+                f"{notebook.parameter_list()}"
+            )
+        values[name] = _checked_value(parameter, text)
+    return values
+
+
+def _checked_value(parameter: Parameter, text: str) -> Any:
+    default, value = parameter.default, parse_value(text)
+    if isinstance(default, str):
+        return value if isinstance(value, str) else text  # `-p MODE 123` keeps "123"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    expected = None
+    if isinstance(default, bool):
+        expected = None if isinstance(value, bool) else "True or False"
+    elif isinstance(default, int):
+        expected = None if number and isinstance(value, int) else "a whole number"
+    elif isinstance(default, float):
+        expected = None if number else "a number"
+    elif isinstance(default, list | tuple):
+        expected = None if isinstance(value, list | tuple) else "a list such as [1, 2]"
+    if expected is not None:
+        raise ConfigurationError(
+            f"{parameter.name} takes {expected} (default {parameter.source}), got {text!r}"
+        )
+    return value
+
+
+# --- running a notebook ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where one ``run_notebook`` left its files."""
+
+    folder: Path
+    notebook: Path
+    charts: list[Path]
+
+
+def run_notebook(
+    notebook: Notebook, parameters: dict[str, Any], output_root: Path, *, progress: bool = True
+) -> RunResult:
+    """Execute a copy of ``notebook`` with ``parameters`` into ``output_root/<stem>-<time>/``.
+
+    The kernel runs on this Python (so it imports this cachelab) with the notebook's folder as
+    its working directory, as in JupyterLab. The charts of the executed copy are saved next to
+    it. A cell that raises becomes a :class:`NotebookError` naming the cell, its error and the
+    partly executed copy, which papermill saves with the error shown in it.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    folder = _new_run_folder(Path(output_root), notebook.stem)
+    executed = folder / notebook.path.name
+    try:
+        papermill.execute_notebook(
+            notebook.path,
+            executed,
+            parameters=parameters,
+            progress_bar=progress,
+            cwd=notebook.path.parent,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookError(
+            f"{notebook.path.name} failed in cell In [{exc.exec_count}]: {exc.ename}: "
+            f"{exc.evalue}. The notebook up to that cell, with the error, is {executed}"
+        ) from None
+    return RunResult(folder, executed, save_charts(executed, folder))
+
+
+def _new_run_folder(root: Path, stem: str) -> Path:
+    if root.exists() and not root.is_dir():
+        raise ConfigurationError(f"{root} is a file; pass a folder for the runs with --output")
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for attempt in range(1, 1000):
+        folder = root / (base if attempt == 1 else f"{base}-{attempt}")
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            return folder
+    raise ConfigurationError(f"too many runs of {stem} in one second under {root}")
+
+
+def save_charts(executed: Path, folder: Path) -> list[Path]:
+    """Write every PNG output of the executed notebook to ``folder`` as
+    ``chart-<n>-in<execution count>.png`` (the count is the ``In [n]`` shown beside the cell)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    charts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if png is None:
+                continue
+            path = folder / f"chart-{len(charts) + 1:02d}-in{cell.get('execution_count')}.png"
+            path.write_bytes(base64.b64decode(png))
+            charts.append(path)
+    return charts
+
+
+# --- JupyterLab --------------------------------------------------------------------------------
+
+
+def lab_redis_url(source: RedisSource, url: str | None) -> str | None:
+    """The ``REDIS_URL`` the lab's kernels must be given to use the server ``source`` describes.
+
+    None when they find it on their own: from an inherited ``REDIS_URL``, or on 127.0.0.1:6379.
+    ``url`` is the one the user passed (it may hold a password; it goes only into the
+    environment, never into output).
+    """
+    if source.kind == "embedded":
+        return source.url  # started by cachelab: no password, loopback only
+    if source.kind == "url":
+        return url
+    return None
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_lab_port(port: int | None = None) -> int:
+    """``port`` if it is free (else an error), or the first free port from 8888 on."""
+    if port is not None:
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"--port must be between 1 and 65535, got {port}")
+        if not _port_is_free(port):
+            raise ConfigurationError(
+                f"port {port} is already in use (another JupyterLab?); choose another with "
+                f"--port, or leave --port out to take the first free one from {DEFAULT_LAB_PORT}"
+            )
+        return port
+    for candidate in range(DEFAULT_LAB_PORT, DEFAULT_LAB_PORT + 100):
+        if _port_is_free(candidate):
+            return candidate
+    return connection._free_port()
+
+
+class Lab:
+    """A JupyterLab server process serving ``folder`` on 127.0.0.1:``port``, stopped on exit.
+
+    Use it as a context manager: entering starts JupyterLab and waits until it answers with
+    its token; leaving (normally, on Ctrl-C, or on SIGTERM/SIGHUP, which are turned into
+    Ctrl-C while the lab runs) sends it SIGTERM, so it shuts its kernels down, and kills it if
+    it does not stop. It runs in its own session, so the terminal's Ctrl-C reaches only cachelab
+    (JupyterLab would otherwise ask "Shutdown this Jupyter server?"), and on Linux the kernel
+    stops it if cachelab itself is killed outright.
+    """
+
+    def __init__(self, folder: Path, port: int, *, redis_url: str | None = None) -> None:
+        self.folder = Path(folder).resolve()
+        self.port = port
+        self.redis_url = redis_url
+        self.token = secrets.token_hex(24)
+        self.process: subprocess.Popen | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    @property
+    def url(self) -> str:
+        """The address to open in a browser, token included."""
+        return f"http://127.0.0.1:{self.port}/lab?token={self.token}"
+
+    def __enter__(self) -> Lab:
+        self._forward_termination()
+        try:
+            self.process = subprocess.Popen(
+                self._command(),
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=connection._die_with_parent if connection._PRCTL else None,
+            )
+            self._wait_ready()
+        except BaseException:
+            self._shut_down()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._shut_down()
+
+    def wait(self) -> int:
+        """Block until JupyterLab exits (e.g. File > Shut Down); return its exit code."""
+        assert self.process is not None, "use Lab as a context manager"
+        return self.process.wait()
+
+    def _command(self) -> list[str]:
+        command = [
+            sys.executable, "-m", "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",  # the URL we print must be the one it serves
+            f"--ServerApp.root_dir={self.folder}",
+            "--log-level=WARN",  # keep the terminal for cachelab's own lines
+        ]  # fmt: skip
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Containers (Docker, Binder) often run as root, which JupyterLab refuses by default;
+            # the server listens on loopback only and needs the token, as for any other user.
+            command.append("--ServerApp.allow_root=True")
+        return command
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ, JUPYTER_TOKEN=self.token)  # not on the command line: ps shows it
+        env.pop("JUPYTER_TOKEN_FILE", None)
+        if self.redis_url is not None:
+            env["REDIS_URL"] = self.redis_url
+        return env
+
+    def _wait_ready(self, timeout: float = LAB_READY_TIMEOUT) -> None:
+        """Poll ``/api/status`` with the token until it answers 200."""
+        assert self.process is not None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/status",
+            headers={"Authorization": f"token {self.token}"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise NotebookError(
+                    f"JupyterLab exited with code {code} before it was ready; its messages are "
+                    "above"
+                )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 403:
+                    raise NotebookError(
+                        "JupyterLab refused the token cachelab gave it: your Jupyter config "
+                        "sets its own (c.IdentityProvider.token or a password); remove it"
+                    ) from None
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet
+            time.sleep(0.25)
+        raise NotebookError(f"JupyterLab did not answer on port {self.port} within {timeout:.0f} s")
+
+    def _shut_down(self) -> None:
+        # A second SIGTERM now ends cachelab at once; on Linux the kernel then stops JupyterLab.
+        self._restore_termination()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: jupyter_server shuts the kernels down first
+            try:
+                self.process.wait(timeout=LAB_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def _forward_termination(self) -> None:
+        """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so they too stop the lab cleanly."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:
+                self._previous_handlers[signum] = signal.signal(signum, _interrupt)
+
+    def _restore_termination(self) -> None:
+        while self._previous_handlers:
+            signum, handler = self._previous_handlers.popitem()
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
