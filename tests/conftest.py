@@ -80,3 +80,10 @@ def stop_embedded():
     stop()
     yield stop
     stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Collect the browser test first: it is the longest file (every notebook in Chromium), and
+    with `-n 2 --dist loadfile` a worker that starts it first overlaps it with everything else
+    instead of running it alone at the end."""
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_browser.py")

@@ -52,13 +52,19 @@ def test_json_round_trips_every_json_value(value):
     assert serializer.loads(serializer.dumps(value)) == value
 
 
-@pytest.mark.skipif(
+needs_msgpack = pytest.mark.skipif(
     importlib.util.find_spec("msgpack") is None, reason="msgpack is optional and not installed"
 )
+INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what msgpack can encode
+
+
+@needs_msgpack
 @BOUNDED
 @given(
     st.recursive(
-        json_scalars | st.binary(),
+        (json_scalars.filter(lambda v: not isinstance(v, int) or isinstance(v, bool)))
+        | INT64
+        | st.binary(),
         lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
         max_leaves=30,
     )
@@ -66,6 +72,14 @@ def test_json_round_trips_every_json_value(value):
 def test_msgpack_round_trips_its_values(value):
     serializer = get_serializer("msgpack")
     assert serializer.loads(serializer.dumps(value)) == value
+
+
+@needs_msgpack
+@BOUNDED
+@given(st.integers(min_value=2**64) | st.integers(max_value=-(2**63) - 1))
+def test_msgpack_refuses_integers_beyond_64_bits_with_a_serialization_error(value):
+    with pytest.raises(SerializationError, match="msgpack"):
+        get_serializer("msgpack").dumps({"n": value})
 
 
 @dataclass(frozen=True)
