@@ -36,6 +36,7 @@ from .cluster import each_node, is_cluster
 from .connection import clone_client, portable_spec
 from .errors import ConfigurationError
 from .subscriber import LOST, RESUMED, Subscriber
+from .tasks import cancel_all
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -106,14 +107,7 @@ class Invalidator:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            # On Python 3.11, asyncio.wait_for (which redis-py uses to send every command) can
-            # swallow a cancellation that lands as the send completes; the streams reader then
-            # goes on forever. So cancel until it sticks.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.1)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_all([task])  # a reader cancelled only once could read on forever
 
     def _apply(self, key: str) -> None:
         """Another process changed ``key``: drop it from L1, and detach the reads and loads of it

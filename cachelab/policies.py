@@ -343,16 +343,33 @@ async def _no_inbox():
 
 
 async def _stop(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Cancel ``task`` and wait until it has ended, cancelling it again while it runs on.
+
+    On Python 3.11 redis-py can swallow a cancellation that lands as a command completes. A
+    keep-alive that swallowed its one cancellation would go on extending the lock, which is
+    still ours, for ever, while the load waited here for it to end: the lock would never be
+    released, and every other process would wait for it until its ``wait_timeout``.
+    """
+    interrupted = False
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.1)
+        except asyncio.CancelledError:
+            interrupted = True  # the caller is cancelled: still end the task first
+    if interrupted:
+        raise asyncio.CancelledError
+    if not task.cancelled():
+        task.result()  # an unexpected error of the task's own still surfaces
 
 
 async def _release(lock, keep_alive: asyncio.Task, message: str) -> None:
-    """Stop extending and release, even if the caller is being cancelled."""
-    await _stop(keep_alive)
-    with contextlib.suppress(Exception):
-        await asyncio.shield(lock.release(message))
+    """Stop extending and release, even if the caller is being cancelled (again)."""
+    try:
+        await _stop(keep_alive)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(lock.release(message))
 
 
 class Lease(LocalSingleFlight):

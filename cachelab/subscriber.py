@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .cluster import is_cluster, node_pool
+from .tasks import cancel_all
 
 __all__ = ["LOST", "RESUMED", "Inbox", "Subscriber"]
 
@@ -172,13 +173,7 @@ class Subscriber:
             return
         reader, self._reader = self._reader, None
         if reader is not None:
-            # cancel until it sticks: on Python 3.11 redis-py can swallow a cancellation that
-            # lands as a command completes, and a reader left running holds its connection
-            while not reader.done():
-                reader.cancel()
-                await asyncio.wait({reader}, timeout=0.1)
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_all([reader])  # a reader left running would hold its connection
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             await pubsub.aclose()

@@ -128,6 +128,25 @@ def test_the_cut_happened_and_everyone_came_back(cut, mode):
     assert s["stale_after_reconnect"] == stale_after_reconnect(cut[mode])
 
 
+@pytest.mark.parametrize("mode", ["pubsub", "streams"])
+async def test_an_outage_over_before_the_fault_wakes_still_cuts_once(mode):
+    """On a loaded machine the fault task wakes late, after ``kill_at + outage_s`` (here:
+    always, the outage lasting zero seconds): it must still cut every invalidator once and wait
+    for each to come back, not wait (until its timeout) for a reconnect after no cut at all."""
+    redis = await cachelab.connect(REAL_URL, quiet=True)
+    try:
+        result = await run_invalidation(
+            instances=2, readers_rate=100, writes_rate=20, duration=1.5, mode=mode,
+            kill_at=0.5, outage_s=0.0, redis=redis, seed=5,
+        )  # fmt: skip
+    finally:
+        await redis.aclose()
+    s = result.summary
+    assert s["connections_killed"] == 2  # one round: each instance's connection, once
+    assert s["reconnects"] >= 2
+    assert 0.5 <= s["killed_s"] < s["reconnected_s"]
+
+
 def test_pubsub_without_the_flush_serves_stale_values_after_reconnecting(cut):
     result = cut["pubsub-noflush"]
     assert result.summary["stale_after_reconnect"] > 0

@@ -462,3 +462,34 @@ async def test_four_processes_load_a_cold_key_once(real_redis, namespace, spawn)
     assert outcomes == {"load": 1, "shared": 199}
     values = {json.dumps(v) for r in reports for v in r["values"]}
     assert len(values) == 1  # every caller in every process got the one loaded value
+
+
+async def test_the_keep_alive_is_stopped_even_if_it_swallows_a_cancellation():
+    """On Python 3.11 redis-py can swallow a cancellation that lands as a command completes; a
+    keep-alive that did so goes on extending its lock. Stopping it must cancel until it sticks,
+    not wait for ever on a task that will not end (the lock would then never be released)."""
+    from cachelab.policies import _stop
+
+    extensions = 0
+
+    async def keep_alive_that_swallows_once():
+        nonlocal extensions
+        with contextlib.suppress(asyncio.CancelledError):  # as redis-py's wait_for can on 3.11
+            await asyncio.sleep(3600)
+        while True:  # goes on, like a keep-alive whose lock is still ours
+            extensions += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(keep_alive_that_swallows_once())
+    await asyncio.sleep(0)  # it runs up to its first sleep
+    stopping = asyncio.create_task(_stop(task))
+    # waited for, not cancelled on timeout: a second cancellation from outside would end the
+    # keep-alive by itself and hide a _stop that waits for ever
+    await asyncio.wait({stopping}, timeout=30)
+    try:
+        assert stopping.done() and task.cancelled()
+        assert extensions > 0  # it did swallow the first cancellation and went on
+    finally:
+        for leftover in (stopping, task):
+            leftover.cancel()
+        await asyncio.gather(stopping, task, return_exceptions=True)

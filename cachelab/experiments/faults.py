@@ -34,8 +34,8 @@ from ..errors import ConfigurationError
 from ..instances import expect, start_worker, stop
 from ..metrics import Outcome
 from ..policies import Distributed
+from ..tasks import cancel_all
 from ..testing import SlowBackend
-from .traffic import cancel_all
 
 __all__ = ["FaultResult", "run_crashed_holder", "run_paused_holder"]
 

@@ -10,21 +10,9 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["backend_rate", "cancel_all", "drive_poisson"]
+from ..tasks import cancel_all
 
-
-async def cancel_all(tasks) -> None:
-    """Cancel ``tasks`` and wait until every one has ended, so none outlives its experiment.
-
-    A task still running after a round is cancelled again: on Python 3.11 a cancellation that
-    lands just as redis-py's ``wait_for`` completes a command can be swallowed, and the task
-    would go on (an experiment's fault loop, for instance, would poll forever).
-    """
-    while pending := [task for task in tasks if not task.done()]:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.1)
-    await asyncio.gather(*tasks, return_exceptions=True)
+__all__ = ["backend_rate", "drive_poisson"]
 
 
 async def drive_poisson(

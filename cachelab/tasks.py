@@ -1,0 +1,26 @@
+"""Stopping background tasks for good.
+
+On Python 3.11, redis-py sends every command under ``asyncio.wait_for``, which can swallow a
+cancellation that lands just as the command completes. A task cancelled once may then run on:
+a reader holding its connection, a fault loop polling forever. So cancel until it sticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+__all__ = ["cancel_all"]
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and return once every one has ended; their results are discarded.
+
+    A task still running after a round (0.1 s) is cancelled again.
+    """
+    tasks = list(tasks)
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
