@@ -178,7 +178,14 @@ class LabServer:
         """The notebook's kernel started, is connected to the page and idle; no other runs."""
 
         def ready() -> bool:
-            kernels = self.api("GET", "/api/kernels")
+            try:
+                kernels = self.api("GET", "/api/kernels")
+            except urllib.error.HTTPError as error:
+                if error.code < 500:
+                    raise
+                # jupyter_server answers 500 when it lists a kernel that is still starting (its
+                # last_activity is not set yet): a race in the server, over on the next poll
+                return False
             return bool(kernels) and all(
                 k["execution_state"] == "idle" and k["connections"] > 0 for k in kernels
             )
