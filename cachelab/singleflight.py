@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .tasks import cancel_for_good
+
 __all__ = [
     "InlineFlight",
     "LockTable",
@@ -132,8 +134,8 @@ class SingleFlight:
             value = await asyncio.shield(call.task)
         except asyncio.CancelledError:
             call.callers -= 1
-            if call.callers == 0 and not call.task.done():
-                call.task.cancel()
+            if call.callers == 0:
+                cancel_for_good(call.task)  # once may not stick: see cachelab.tasks
             if call.task.done() and not call.task.cancelled():
                 call.task.exception()  # mark any error as retrieved: nobody is left to see it
             raise

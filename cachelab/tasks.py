@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-__all__ = ["cancel_all"]
+__all__ = ["cancel_all", "cancel_for_good"]
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task]) -> None:
@@ -24,3 +24,14 @@ async def cancel_all(tasks: Iterable[asyncio.Task]) -> None:
             task.cancel()
         await asyncio.wait(pending, timeout=0.1)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def cancel_for_good(task: asyncio.Future, every_s: float = 0.1) -> None:
+    """Cancel ``task`` now, and again every ``every_s`` while it still runs, without waiting.
+
+    For a caller that is itself being cancelled and must not block (the last caller of a
+    single-flight leaving): timer callbacks, no extra task, end when the task ends.
+    """
+    if not task.done():
+        task.cancel()
+        asyncio.get_running_loop().call_later(every_s, cancel_for_good, task, every_s)

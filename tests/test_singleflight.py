@@ -446,3 +446,29 @@ async def test_inline_flight_forget():
     new.release.set()
     assert await second == ("new", True)
     assert len(flight) == 0
+
+
+async def test_work_that_swallows_a_cancellation_still_ends_when_every_caller_leaves():
+    # redis-py on Python 3.11 can swallow a cancellation that lands as a command completes; work
+    # cancelled only once would then run on (a waiter that later loads and stores, unwanted)
+    sf = SingleFlight()
+    swallowed, finished = asyncio.Event(), asyncio.Event()
+
+    async def stubborn():
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # the first cancellation is swallowed, as redis-py can
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            finished.set()
+
+    caller = asyncio.create_task(sf.do("k", stubborn))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(swallowed.wait(), 1)
+    await asyncio.wait_for(finished.wait(), 2)  # cancelled again: it did not run on
+    assert len(sf) == 0
