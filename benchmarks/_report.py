@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_section"]
+__all__ = ["others_cpus_clause", "write_section"]
 
 
 def write_section(path: Path, section: str, name: str) -> None:
@@ -23,3 +23,14 @@ def write_section(path: Path, section: str, name: str) -> None:
         text = text.rstrip("\n") + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def others_cpus_clause(setup: dict) -> str:
+    """``"; other programs kept X of the N CPUs busy ..."`` for a report's setup line, or ``""``
+    when the run could not measure it: a reader must know how quiet the machine was."""
+    if setup.get("others_cpus") is None:
+        return ""
+    return (
+        f"; other programs kept {setup['others_cpus']:.2f} of the {setup['cpus']} CPUs busy "
+        "on average during the run"
+    )

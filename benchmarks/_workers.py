@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 
-__all__ = ["run_worker", "send", "spawn"]
+__all__ = ["require_shared_clock", "run_worker", "send", "spawn"]
 
 
 def send(message: dict) -> None:
@@ -42,3 +43,16 @@ async def spawn(script: Path, job: dict) -> asyncio.subprocess.Process:
     )  # fmt: skip
     proc.stdin.write((json.dumps(job) + "\n").encode())
     return proc
+
+
+def require_shared_clock() -> str:
+    """The name of ``time.perf_counter()``'s clock, which must be CLOCK_MONOTONIC (else exit):
+    the one clock every process on this machine reads, and the benchmarks compare times taken in
+    different processes."""
+    clock = time.get_clock_info("perf_counter")
+    if "CLOCK_MONOTONIC" not in clock.implementation:
+        raise SystemExit(
+            f"time.perf_counter() is {clock.implementation} here, not CLOCK_MONOTONIC: "
+            "times from different processes cannot be compared"
+        )
+    return clock.implementation

@@ -61,7 +61,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # the benchmarks' shared helpers, however we are loaded
-from _workers import run_worker, send, spawn  # noqa: E402
+from _report import others_cpus_clause  # noqa: E402
+from _workers import require_shared_clock, run_worker, send, spawn  # noqa: E402
 
 ROOT = HERE.parent.parent
 MODES = ("pubsub", "streams", "tracking")
@@ -309,12 +310,7 @@ def _ms(value: float) -> str:
 
 def markdown(report: dict, chart: str | None) -> str:
     setup = report["setup"]
-    others = ""
-    if setup.get("others_cpus") is not None:
-        others = (
-            f"; other programs kept {setup['others_cpus']:.2f} of the {setup['cpus']} CPUs busy "
-            "on average during the run"
-        )
+    others = others_cpus_clause(setup)
     lines = [
         "## Invalidation latency between two processes",
         "",
@@ -467,12 +463,7 @@ def main() -> None:
         parser.error(f"--modes: choose from {', '.join(MODES)}")
     if args.samples < 1 or args.warmup < 0 or not 0 <= args.gap_ms[0] <= args.gap_ms[1]:
         parser.error("--samples must be >= 1, --warmup >= 0, and 0 <= MIN <= MAX for --gap-ms")
-    clock = time.get_clock_info("perf_counter")
-    if "CLOCK_MONOTONIC" not in clock.implementation:
-        raise SystemExit(
-            f"time.perf_counter() is {clock.implementation} here, not CLOCK_MONOTONIC: "
-            "times from different processes cannot be compared"
-        )
+    clock = require_shared_clock()
 
     from _report import write_section
     from peers import PrivateRedis, _load
@@ -501,7 +492,7 @@ def main() -> None:
         "others_cpus": result["others_cpus"],
         "run_time_s": time.monotonic() - started,
         "date": time.strftime("%Y-%m-%d"),
-        "clock": clock.implementation,
+        "clock": clock,
     }
     targets = [
         (

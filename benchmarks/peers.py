@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _report import write_section
+from _report import others_cpus_clause, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADER_MS = 50.0
@@ -640,12 +640,7 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]] | None:
 
 def markdown(report: dict, chart: str | None) -> str:
     setup = report["setup"]
-    others = ""
-    if setup.get("others_cpus") is not None:
-        others = (
-            f"; other programs kept {setup['others_cpus']:.2f} of the {setup['cpus']} CPUs "
-            "busy on average during the run"
-        )
+    others = others_cpus_clause(setup)
     lines = [
         "## Peers: one cold key, many processes",
         "",

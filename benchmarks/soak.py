@@ -87,7 +87,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # the benchmarks' shared helpers, however we are loaded
-from _workers import run_worker, send, spawn  # noqa: E402
+from _workers import require_shared_clock, run_worker, send, spawn  # noqa: E402
 
 ROOT = HERE.parent.parent
 
@@ -953,12 +953,7 @@ def main() -> int:
         problems.append("--max-age-s and --ttl-s must be > 0")
     if problems:
         parser.error("; ".join(problems))
-    clock = time.get_clock_info("perf_counter")
-    if "CLOCK_MONOTONIC" not in clock.implementation:
-        raise SystemExit(
-            f"time.perf_counter() is {clock.implementation} here, not CLOCK_MONOTONIC: "
-            "times from different processes cannot be compared"
-        )
+    require_shared_clock()
 
     from _report import write_section
     from peers import _load

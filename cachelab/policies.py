@@ -41,6 +41,7 @@ from .errors import ConfigurationError, LockLostError, LockTimeoutError, RemoteL
 from .metrics import Outcome
 from .singleflight import InlineFlight, LockTable, SingleFlight
 from .subscriber import Subscriber
+from .tasks import cancel_all
 
 if TYPE_CHECKING:
     from .cache import Cache, Entry
@@ -343,24 +344,15 @@ async def _no_inbox():
 
 
 async def _stop(task: asyncio.Task) -> None:
-    """Cancel ``task`` and wait until it has ended, cancelling it again while it runs on.
+    """Stop the keep-alive for good (see :func:`~cachelab.tasks.cancel_all`), then surface an
+    unexpected error of its own.
 
-    On Python 3.11 redis-py can swallow a cancellation that lands as a command completes. A
-    keep-alive that swallowed its one cancellation would go on extending the lock, which is
-    still ours, for ever, while the load waited here for it to end: the lock would never be
-    released, and every other process would wait for it until its ``wait_timeout``.
+    A keep-alive that swallowed its one cancellation (redis-py on Python 3.11 can) would go on
+    extending the lock, which is still ours, for ever: the lock would never be released.
     """
-    interrupted = False
-    while not task.done():
-        task.cancel()
-        try:
-            await asyncio.wait({task}, timeout=0.1)
-        except asyncio.CancelledError:
-            interrupted = True  # the caller is cancelled: still end the task first
-    if interrupted:
-        raise asyncio.CancelledError
+    await cancel_all([task])
     if not task.cancelled():
-        task.result()  # an unexpected error of the task's own still surfaces
+        task.result()
 
 
 async def _release(lock, keep_alive: asyncio.Task, message: str) -> None:

@@ -16,14 +16,24 @@ __all__ = ["cancel_all", "cancel_for_good"]
 async def cancel_all(tasks: Iterable[asyncio.Task]) -> None:
     """Cancel ``tasks`` and return once every one has ended; their results are discarded.
 
-    A task still running after a round (0.1 s) is cancelled again.
+    A task still running after a round (0.1 s) is cancelled again. If the caller is cancelled
+    meanwhile, the tasks are still stopped first, then the caller's cancellation is raised: a
+    cleanup that gave up half-way would leave exactly the task it was meant to end.
     """
     tasks = list(tasks)
+    interrupted = False
     while pending := [task for task in tasks if not task.done()]:
         for task in pending:
             task.cancel()
-        await asyncio.wait(pending, timeout=0.1)
-    await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait(pending, timeout=0.1)
+        except asyncio.CancelledError:
+            interrupted = True
+    for task in tasks:  # mark every outcome as retrieved: nobody else will look at them
+        if not task.cancelled():
+            task.exception()
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 def cancel_for_good(task: asyncio.Future, every_s: float = 0.1) -> None:
