@@ -323,6 +323,14 @@ class Cache:
         """The cached entry, or None; touches no counters (policies use it)."""
         return self.decode(await self.redis.get(self.redis_key(key)))
 
+    async def entry(self, key: str) -> Entry | None:
+        """What is cached for ``key`` with its timings (load time, expiry, soft expiry), or None.
+
+        Counts nothing and loads nothing: for looking inside the cache (notebooks, the CLI).
+        """
+        self.redis_key(key)
+        return await self.read_entry(key)
+
     async def read(self, key: str) -> tuple[bool, Any]:
         """``(found, value)``; touches no counters."""
         entry = await self.read_entry(key)
