@@ -261,7 +261,7 @@ class SoakWorker:
         policy = self.cache.policy
         return {
             "policy_reads": len(getattr(policy, "reads", ())),
-            "policy_loads": len(policy.flight),
+            "policy_loads": policy.statistics().in_flight,
             "writer_locks": len(self.writing),
             "near_fills": len(self.cache.near._in_flight),
             "subscriber_channels": self.subscriber.channels,

@@ -1,16 +1,16 @@
 """cachelab: see a cache stampede happen on Redis, and measure every known fix side by side.
 
-The public API is re-exported here; the modules behind it are small and each holds one idea:
-``connection`` (find or start a Redis), ``cache`` (read-/write-through), ``breaker`` (stop calling
-a Redis that is down), ``policies`` (who loads on a miss), ``refresh`` (when to reload early),
-``singleflight`` (LockTable, SingleFlight), ``redis_lock`` (a notification-woken, fenced Redis
-lock), ``subscriber`` (one shared pub/sub connection), ``fencing`` (the version counter and its
-Lua), ``near_cache`` (the L1) and ``invalidation`` (keeping it true), ``streams``,
-``serializers``, ``errors`` and ``experiments``.
+The public API is re-exported here. The core is layered, each layer looking only down:
+``keys`` (Redis key names) and ``codec`` (values to stored entries); ``store`` (every Redis command
+and Lua script of the cache, under the circuit breaker of ``breaker``); ``redis_lock`` and
+``singleflight``; ``herd`` (who loads on a miss) and ``refresh`` (when to reload early); ``l1``
+(the near cache and its invalidators); and ``cache``, the facade. Around it: ``connection`` (find
+or start a Redis), ``streams``, ``serializers``, ``errors``, ``testing`` and ``experiments``.
 """
 
 from .breaker import CircuitBreaker
-from .cache import Cache, Entry, Lookup
+from .cache import Cache, Lookup
+from .codec import Entry
 from .connection import RedisSource, clone_client, connect, redact_url, source_of
 from .errors import (
     AuthenticationError,
@@ -29,15 +29,7 @@ from .errors import (
     StreamError,
     ValueTooLargeError,
 )
-from .invalidation import (
-    Invalidator,
-    PubSubInvalidator,
-    StreamInvalidator,
-    TrackingInvalidator,
-)
-from .metrics import Outcome, Stats
-from .near_cache import NearCache
-from .policies import (
+from .herd import (
     HERD_POLICIES,
     Distributed,
     HerdPolicy,
@@ -46,6 +38,14 @@ from .policies import (
     LockTablePolicy,
     NoProtection,
 )
+from .l1 import (
+    Invalidator,
+    NearCache,
+    PubSubInvalidator,
+    StreamInvalidator,
+    TrackingInvalidator,
+)
+from .metrics import Outcome, Stats
 from .redis_lock import RedisLock
 from .refresh import RefreshPolicy, StaleWhileRevalidate, XFetch
 from .serializers import JsonSerializer, PickleSerializer, Serializer

@@ -1,52 +1,49 @@
 """The cache: cache-aside primitives, read-through and write-through on Redis.
 
-``Cache`` is deliberately small. Two pluggable pieces decide what happens around a lookup:
+``Cache`` is a facade that wires small pieces together, each of which only looks down:
 
-- the *herd policy* (:mod:`cachelab.policies`): who loads on a miss, and how the others wait;
-- the *refresh policy* (:mod:`cachelab.refresh`): whether a cached value should be reloaded
-  before it expires (XFetch) or served stale while it is reloaded (stale-while-revalidate).
+- the :class:`~cachelab.codec.Codec` turns values into stored entries and back;
+- the :class:`~cachelab.store.RedisStore` sends every Redis command and script, under the
+  circuit breaker (one verdict per command);
+- the *herd policy* (:mod:`cachelab.herd`) decides who loads on a miss, and carries out early and
+  background refreshes;
+- the *refresh policy* (:mod:`cachelab.refresh`) says, per read, whether a cached value should be
+  reloaded before it expires (XFetch) or served stale while it is (stale-while-revalidate);
+- an optional near cache (:mod:`cachelab.l1`) serves hot keys from memory, and an invalidator
+  tells it, through two callbacks, which keys changed elsewhere.
 
-So one cache can be run with no protection, a lock table, single-flight, a Redis lock or leases,
+So one cache can run with no protection, a lock table, single-flight, a Redis lock or leases,
 with or without early refresh, and an experiment compares them by changing one argument.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import inspect
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
-from . import envelope, fencing
-from ._checks import positive_seconds
-from .breaker import CircuitBreaker, Permit
-from .connection import server_label
-from .errors import (
-    CachelabError,
-    CacheUnavailableError,
-    ConfigurationError,
-    SerializationError,
-    ValueTooLargeError,
-)
-from .invalidation import Invalidator, invalidator
+from .breaker import CircuitBreaker
+from .codec import Codec, Entry, check_ttl
+from .errors import CacheUnavailableError, ConfigurationError
+from .herd import NOT_REFRESHED, HerdPolicy, Loaded, Produce, herd_policy
+from .keys import KeySpace
+from .l1 import Invalidator, NearCache, Serialized, invalidator
 from .metrics import Outcome, Stats
-from .near_cache import NearCache
-from .policies import NOT_REFRESHED, HerdPolicy, herd_policy
-from .redis_lock import RedisLock
 from .refresh import RefreshPolicy, Verdict, refresh_policy
 from .serializers import Serializer, get_serializer
 from .singleflight import SingleFlight
+from .store import RedisStore
 
-__all__ = ["ON_REDIS_ERROR", "Cache", "Entry", "Lookup"]
+__all__ = ["DEFAULT_MAX_VALUE_BYTES", "ON_REDIS_ERROR", "Cache", "Entry", "Lookup"]
 
-Loader = Callable[[], Awaitable[Any]]
+T = TypeVar("T")
+Loader = Callable[[], Awaitable[T]]
 
 ON_REDIS_ERROR = ("closed", "open")
 """What a cache does when Redis cannot be reached: raise, or answer without it."""
@@ -55,29 +52,16 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 """A serialized value above 1 MiB is refused: a cache entry that large blocks Redis's single thread
 while it travels and evicts many small entries. Pass ``max_value_bytes=None`` to lift the limit."""
 
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A decoded cached value with the timings refresh policies look at."""
-
-    value: Any
-    load_ms: float
-    expires_at: float
-    soft_expires_at: float | None
+_IMMUTABLE = (str, int, float, bool, type(None))
+"""Values the near cache may hand out as they are; anything else it decodes afresh per hit."""
 
 
 @dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(Generic[T]):
     """A value and how the cache obtained it (see :class:`~cachelab.Outcome`)."""
 
-    value: Any
+    value: T
     outcome: Outcome
-
-
-def _positive_ttl(ttl: object, what: str = "ttl") -> float:
-    return positive_seconds(
-        ttl, what, "to remove a key use delete(), to keep it forever use a long TTL"
-    )
 
 
 class Cache:
@@ -91,30 +75,29 @@ class Cache:
     ``ttl`` is the default lifetime in seconds; ``ttl_jitter`` (0 <= j < 1) spreads each write's TTL
     uniformly over ``ttl * (1 ± j)`` so that keys written together do not all expire together.
     ``policy`` is a herd policy name (``"none"``, ``"lock_table"``, ``"local"``,
-    ``"distributed"``, ``"lease"``) or instance; ``refresh`` a refresh policy (``None``,
+    ``"distributed"``, ``"lease"``) or object; ``refresh`` a refresh policy (``None``,
     ``"xfetch"``, ``XFetch(beta)``, ``StaleWhileRevalidate(soft_ttl_s)``).
     ``max_value_bytes`` (default 1 MiB, ``None`` for no limit) bounds the serialized size of a
     value: a larger one raises :class:`~cachelab.ValueTooLargeError` and nothing is stored.
+    ``near`` (a :class:`~cachelab.NearCache`) serves hot keys from process memory;
+    ``invalidation`` (``"pubsub"``, ``"streams"``, ``"tracking"``) keeps it true across processes.
+    A cache with ``invalidation`` but no ``near`` only announces its writes (a writer service).
 
-    When Redis cannot be reached (refused, reset, timed out), ``on_redis_error`` decides:
+    When Redis cannot be reached (refused, reset, timed out, or the pool stayed busy),
+    ``on_redis_error`` decides:
 
     - ``"closed"`` (the default): raise :class:`~cachelab.CacheUnavailableError`, naming the
-      server. The default, because a cache that quietly answers without Redis hides an outage
-      (cachelab never falls back silently), and because it sends every read to the system of
-      record, the very load the cache exists to keep away; whether that database can take it is
-      the application's decision, so it is opt-in.
+      server. A cache that quietly answers without Redis hides an outage, and sends every read to
+      the system of record, the very load the cache exists to keep away: that is opt-in.
     - ``"open"``: keep serving. ``get_or_set``/``lookup`` answer from the loader
       (``Outcome.BYPASS``; concurrent callers of a key still share one load unless the policy is
       ``"none"``), ``get`` returns the default, and ``set``/``delete``/``write_through`` give up
-      the cache write (counted in ``stats.unwritten``, not raised: the system of record is what
-      matters). Beware that a value cached before the outage may then outlive a failed delete
-      until its TTL ends, if Redis comes back with its data.
+      the cache write (counted in ``stats.unwritten``, not raised).
 
     ``breaker`` (by default a fresh :class:`~cachelab.CircuitBreaker` per cache; pass one to
     share it between caches on the same server, or None for none) stops trying Redis after
-    repeated failures, so an outage costs no timeout per request, and probes by itself until
-    Redis is back. A loader's own errors are never taken for an outage, and reach you unchanged.
-    Housekeeping (``ttl_of``, ``keys``, ``clear``) talks to Redis directly and raises its errors.
+    repeated failures, so an outage costs no timeout per request, and probes with one command at
+    a time until Redis is back. A loader's own errors never count as an outage.
 
     A cache that refreshes in the background owns tasks: close it with ``await cache.aclose()``
     (or use ``async with``), which waits for them.
@@ -136,30 +119,17 @@ class Cache:
         on_redis_error: str = "closed",
         breaker: CircuitBreaker | str | None = "default",
     ) -> None:
+        self.keyspace = KeySpace(namespace)
+        ttl = check_ttl(ttl)
         if (
-            not isinstance(namespace, str)
-            or not namespace
-            or namespace != namespace.strip()
-            or "{" in namespace
-            or "}" in namespace
+            isinstance(ttl_jitter, bool)
+            or not isinstance(ttl_jitter, int | float)
+            or not (0 <= ttl_jitter < 1)
         ):
-            raise ConfigurationError(
-                f"namespace must be a non-empty string without surrounding spaces or braces, "
-                f"got {namespace!r}; e.g. namespace='users'"
-            )
-        if not isinstance(ttl_jitter, int | float) or not 0 <= ttl_jitter < 1:
             raise ConfigurationError(
                 f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}; "
                 "0.1 spreads TTLs by ±10%"
             )
-        self.redis = redis
-        self.namespace = namespace
-        self.ttl = _positive_ttl(ttl)
-        self.ttl_jitter = float(ttl_jitter)
-        self.policy = herd_policy(policy)
-        self.refresh = refresh_policy(refresh)
-        self.refresh.soft_ttl(self.ttl)  # validates soft TTL < TTL up front
-        self.serializer = get_serializer(serializer)
         if max_value_bytes is not None and (
             type(max_value_bytes) is not int or max_value_bytes < 1
         ):
@@ -167,30 +137,12 @@ class Cache:
                 f"max_value_bytes must be a positive int (bytes) or None for no limit, "
                 f"got {max_value_bytes!r}; e.g. max_value_bytes=4 * 1024 * 1024 for 4 MiB"
             )
-        self.max_value_bytes = max_value_bytes
-        self.stats = Stats()
-        self._prefix = f"{namespace}:{{"
-        self._checks_refresh = type(self.refresh) is not RefreshPolicy
-        self._background: dict[str, asyncio.Task[None]] = {}
-        self._fill = redis.register_script(fencing.FILL)
-        self._write = redis.register_script(fencing.WRITE)
-        if near is not None and not isinstance(near, NearCache):
-            raise ConfigurationError(f"near must be a NearCache, got {near!r}")
-        self.near = near
-        self.invalidator = invalidator(invalidation)
-        if self.invalidator is not None and near is None:
-            raise ConfigurationError(
-                f"invalidation={invalidation!r} keeps a near cache true, but this cache has none; "
-                "pass near=NearCache(...) too"
-            )
-        self._invalidator_started: asyncio.Future | None = None
         if on_redis_error not in ON_REDIS_ERROR:
             raise ConfigurationError(
                 f"on_redis_error must be 'closed' (raise CacheUnavailableError when Redis cannot "
                 f"be reached) or 'open' (answer from the loader without caching), "
                 f"got {on_redis_error!r}"
             )
-        self.on_redis_error = on_redis_error
         if isinstance(breaker, str) and breaker == "default":
             breaker = CircuitBreaker()
         elif breaker is not None and not isinstance(breaker, CircuitBreaker):
@@ -199,14 +151,62 @@ class Cache:
                 f"breaker), got {breaker!r}; e.g. breaker=CircuitBreaker(failures=5, "
                 "reset_after=1.0)"
             )
+        if near is not None and not isinstance(near, NearCache):
+            raise ConfigurationError(f"near must be a NearCache, got {near!r}")
+        self.refresh_policy = refresh_policy(refresh)
+        self.codec = Codec(
+            get_serializer(serializer),
+            ttl=ttl,
+            ttl_jitter=float(ttl_jitter),
+            soft_ttl=self.refresh_policy.soft_ttl_s,
+            max_value_bytes=max_value_bytes,
+        )
+        self.store = RedisStore(
+            redis, self.keyspace, self.codec, breaker=breaker, stats=(stats := Stats())
+        )
+        self.stats = stats
+        self.policy = herd_policy(policy).bind(self.store)
+        """The herd policy at work for this cache: the settings it was given, its own state."""
+        self.near = near
+        self.invalidator = invalidator(invalidation)
+        self.on_redis_error = on_redis_error
         self.breaker = breaker
+        self._stale_ms = round(self.policy.keep_stale_s * 1000)
+        self._checks_refresh = type(self.refresh_policy) is not RefreshPolicy
+        self._background: dict[str, asyncio.Task[None]] = {}
         self._bypassing = SingleFlight()
+        self._starting = asyncio.Lock()
+        self._listened = False
 
     def __repr__(self) -> str:
         return (
             f"Cache(namespace={self.namespace!r}, ttl={self.ttl:g}, policy={self.policy.name!r}, "
-            f"refresh={self.refresh!r}, serializer={self.serializer.name!r})"
+            f"refresh={self.refresh_policy!r}, serializer={self.serializer.name!r})"
         )
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.store.redis
+
+    @property
+    def namespace(self) -> str:
+        return self.keyspace.namespace
+
+    @property
+    def ttl(self) -> float:
+        return self.codec.ttl
+
+    @property
+    def serializer(self) -> Serializer:
+        return self.codec.serializer
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        return self.codec.max_value_bytes
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key that stores ``key``: ``namespace:{key}``."""
+        return self.keyspace.value(key)
 
     async def __aenter__(self) -> Cache:
         return self
@@ -215,126 +215,14 @@ class Cache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Wait for background refreshes and stop the invalidator (the client stays open)."""
+        """Wait for background refreshes, stop the invalidator, close the keep-alive connection
+        (the client itself stays open)."""
         while self._background:
             await asyncio.gather(*self._background.values(), return_exceptions=True)
         if self.invalidator is not None:
             await self.invalidator.aclose()
-            self._invalidator_started = None
-
-    async def _listening(self) -> None:
-        """Start the invalidator before the first L1 fill: no later write can then be missed."""
-        started = self._invalidator_started
-        ready = started is not None and started.done() and not started.cancelled()
-        if ready and started.exception() is None:
-            return  # the common case, on every L1 hit: already listening
-        if started is None:
-            started = self._invalidator_started = asyncio.ensure_future(
-                self.invalidator.start(self)
-            )
-        try:
-            await asyncio.shield(started)
-        except Exception:
-            self._invalidator_started = None  # let the next call try again
-            raise
-
-    # --- keys and entries ---------------------------------------------------------------------
-
-    def redis_key(self, key: str) -> str:
-        """The Redis key that stores ``key``: ``namespace:{key}``."""
-        if type(key) is not str or not key or key[0] == "}":
-            raise ConfigurationError(
-                f"cache keys must be non-empty strings not starting with '}}', got {key!r} "
-                "(a leading '}' would empty the Redis Cluster hash tag in 'namespace:{key}' and "
-                "split the key from its lock); build one with e.g. f'user:{user_id}'"
-            )
-        return self._prefix + key + "}"
-
-    def key_of(self, redis_key: str) -> str | None:
-        """The cache key stored at ``redis_key``; None if it is not one of this cache's values."""
-        if redis_key.startswith(self._prefix) and redis_key.endswith("}"):
-            return redis_key[len(self._prefix) : -1]
-        return None
-
-    def helper_key(self, key: str, role: str) -> str:
-        """The key of ``key``'s lock, fence, lease, ...: same hash slot as the value."""
-        return f"{self.redis_key(key)}:{role}"
-
-    def lock_for(self, key: str, *, ttl: float = 10.0, wait: str = "notify") -> RedisLock:
-        """The Redis lock of ``key``; its fencing token is the key's fence counter."""
-        return RedisLock(
-            self.redis,
-            self.helper_key(key, "lock"),
-            ttl=ttl,
-            fence_key=self.helper_key(key, "fence"),
-            channel=self.helper_key(key, "filled"),
-            wait=wait,
-        )
-
-    def _ttl_for_write(self, ttl: float | None) -> float:
-        seconds = self.ttl if ttl is None else _positive_ttl(ttl)
-        if self.ttl_jitter:
-            seconds *= 1 + random.uniform(-self.ttl_jitter, self.ttl_jitter)
-        return seconds
-
-    def decode(self, raw: bytes | None) -> Entry | None:
-        """The entry stored as ``raw``; an undecodable one counts as corrupt and reads missing."""
-        if raw is None:
-            return None
-        wrapped = envelope.unpack(raw)
-        if wrapped is not None:
-            try:
-                value = self.serializer.loads(wrapped.payload)
-            except SerializationError:
-                pass
-            else:
-                return Entry(value, wrapped.load_ms, wrapped.expires_at, wrapped.soft_expires_at)
-        self.stats.corrupt += 1
-        return None
-
-    def serialize(self, value: Any) -> bytes:
-        """The payload for ``value``, checked before any write: SerializationError if the
-        serializer cannot encode it, ValueTooLargeError if it exceeds ``max_value_bytes``."""
-        payload = self.serializer.dumps(value)
-        limit = self.max_value_bytes
-        if limit is not None and len(payload) > limit:
-            raise ValueTooLargeError(
-                f"a {type(value).__name__} value serializes to {len(payload):,} bytes as "
-                f"{self.serializer.name}, above this cache's max_value_bytes={limit:,}; "
-                "cache a smaller projection of it (only the fields readers need), or raise the "
-                "limit with Cache(..., max_value_bytes=...) (None for no limit)"
-            )
-        return payload
-
-    def encode(self, payload: bytes, ttl: float | None, load_ms: float) -> tuple[bytes, int]:
-        """The stored bytes for a serialized value, and its TTL in ms (jitter applied)."""
-        seconds = self._ttl_for_write(ttl)
-        now = time.time()
-        soft = self.refresh.soft_ttl(seconds)
-        data = envelope.pack(
-            payload,
-            load_ms=load_ms,
-            expires_at=now + seconds,
-            soft_expires_at=None if soft is None else now + soft,
-        )
-        return data, max(1, round(seconds * 1000))
-
-    async def read_entry(self, key: str) -> Entry | None:
-        """The cached entry, or None; touches no counters (policies use it)."""
-        return self.decode(await self.redis.get(self.redis_key(key)))
-
-    async def entry(self, key: str) -> Entry | None:
-        """What is cached for ``key`` with its timings (load time, expiry, soft expiry), or None.
-
-        Counts nothing and loads nothing: for looking inside the cache (notebooks, the CLI).
-        """
-        self.redis_key(key)
-        return await self.read_entry(key)
-
-    async def read(self, key: str) -> tuple[bool, Any]:
-        """``(found, value)``; touches no counters."""
-        entry = await self.read_entry(key)
-        return (False, None) if entry is None else (True, entry.value)
+            self._listened = False
+        await self.store.aclose()
 
     # --- cache-aside primitives ---------------------------------------------------------------
 
@@ -343,92 +231,92 @@ class Cache:
 
         With ``on_redis_error="open"``, a Redis that cannot be reached reads as a miss.
         """
-        self.redis_key(key)
-
-        async def fetch() -> tuple[Any, Outcome | None]:
+        self.keyspace.value(key)
+        try:
             if self.near is not None:
-                return await self._near_lookup(key, None, None)
-            entry = await self.read_entry(key)
-            return (default, None) if entry is None else (entry.value, Outcome.HIT)
-
-        async def missing() -> tuple[Any, Outcome | None]:
-            return default, None
-
-        value, outcome = await self._via_redis("get", fetch, missing)
-        if outcome is None:
+                found, value, _outcome = await self._near_lookup(key, None)
+            else:
+                entry = (await self.policy.read(key)).entry
+                found, value = entry is not None, entry.value if entry is not None else None
+        except CacheUnavailableError as exc:
+            if self.on_redis_error != "open":
+                raise _during("get", exc) from exc.__cause__
+            found, value = False, None
+        if not found:
             self.stats.misses += 1
             return default
         self.stats.hits += 1
         return value
 
-    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Store ``value``; it is encoded first, so an unencodable value writes nothing."""
-        self.redis_key(key)
-        payload = self.serialize(value)
-        await self._via_redis(
-            "set",
-            lambda: self._write_value(key, payload, ttl, value),
-            lambda: self._unwritten(key),
-        )
-
-    async def delete(self, key: str) -> bool:
-        """Remove ``key``; True if it was there (False if Redis was unavailable, when open)."""
-        self.redis_key(key)
-        written = await self._via_redis(
-            "delete",
-            lambda: self._write_value(key, None, None, None),
-            lambda: self._unwritten(key),
-        )
-        return bool(written)
-
-    async def _write_value(
-        self, key: str, payload: bytes | None, ttl: float | None, value: Any
-    ) -> int:
-        """A write or (``payload`` None) delete; fenced policies also bump the key's fence.
-
-        With a near cache, this process's L1 takes the new value (or drops the key) at once, and
-        the invalidator tells the other processes afterwards. If another write's invalidation
-        arrives while this one is on its way, that write came later: the L1 keeps nothing.
-        """
-        if self.near is None:
-            return await self._write_redis(key, payload, ttl)
-        if self.invalidator is not None:
-            await self._listening()  # before L1 takes the value: no later write can be missed
-        ticket = self.near.begin(key)
-        try:
-            written = await self._write_redis(key, payload, ttl)
-            if payload is None:
-                self.near.invalidate(key)
-            else:
-                self.near.set(key, value, ticket)
-        finally:
-            self.near.end(ticket)
-        if self.invalidator is not None:
-            await self.invalidator.announce(key)
-        return written
-
-    async def _write_redis(self, key: str, payload: bytes | None, ttl: float | None) -> int:
-        rkey = self.redis_key(key)
-        data, px = self.encode(payload, ttl, 0.0) if payload is not None else (b"", 0)
-        try:
-            if self.policy.fenced:
-                keys = [rkey] + [self.helper_key(key, r) for r in ("fence", "lease", "stale")]
-                args = [data, px, fencing.FENCE_TTL_MS, self.policy.keep_stale_ms]
-                return int(await self._write(keys=keys, args=args))
-            if payload is None:
-                return int(await self.redis.delete(rkey))
-            return int(bool(await self.redis.set(rkey, data, px=px)))
-        finally:
-            self.policy.written(key)
+    async def entry(self, key: str) -> Entry | None:
+        """What is cached for ``key``: value, load time, expiry, soft expiry and fence (the key's
+        version), or None. Counts nothing and loads nothing: for looking inside the cache."""
+        read = await self.store.read(key)
+        return None if read.entry is None else dataclasses.replace(read.entry, fence=read.fence)
 
     async def ttl_of(self, key: str) -> float | None:
         """Seconds until ``key`` expires, or None when it is not cached."""
-        ms = await self.redis.pttl(self.redis_key(key))
-        return ms / 1000 if ms >= 0 else None
+        return await self.store.ttl_of(key)
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value``; it is encoded first, so an unencodable value writes nothing."""
+        self.keyspace.value(key)
+        payload = self.codec.payload(value)
+        self._call_ttl(ttl)
+        await self._write_or_give_up("set", key, payload, ttl)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it was there (False if Redis was unavailable, when open)."""
+        self.keyspace.value(key)
+        return bool(await self._write_or_give_up("delete", key, None, None))
+
+    async def _write_or_give_up(
+        self, what: str, key: str, payload: bytes | None, ttl: float | None
+    ) -> int:
+        try:
+            return await self._write(key, payload, ttl)
+        except CacheUnavailableError as exc:
+            if self.on_redis_error != "open":
+                raise _during(what, exc) from exc.__cause__
+            self.stats.unwritten += 1
+            if self.near is not None:
+                self.near.invalidate(key)
+            return 0
+
+    async def _write(self, key: str, payload: bytes | None, ttl: float | None) -> int:
+        """A write or (``payload`` None) delete: the key's fence moves, in-flight fills of it are
+        refused, its lease is revoked, and the invalidator's announcement goes in the same script.
+
+        With a near cache, this process's L1 takes the new value (or drops the key) at once. If
+        another write's invalidation arrives while this one is on its way, that write came later:
+        the L1 keeps nothing.
+        """
+        packed = None if payload is None else self.codec.pack(payload, ttl, 0.0)
+        announce = None
+        if self.invalidator is not None:
+            if self.near is not None:
+                await self._listening()  # before L1 takes the value: no later write is missed
+            announce = self.invalidator.announcement(self.keyspace, key)
+        ticket = self.near.begin(key) if self.near is not None else None
+        try:
+            changed, _fence = await self.store.write(
+                key, packed, stale_ms=self._stale_ms, announce=announce
+            )
+            if ticket is not None:
+                if payload is None:
+                    self.near.invalidate(key)
+                else:
+                    item = self._l1_item(self.codec.loads(payload), payload)
+                    self.near.set(key, item, ticket, ttl_s=self._fresh_for(ttl))
+            return changed
+        finally:
+            self.policy.forget(key)
+            if ticket is not None:
+                self.near.end(ticket)
 
     # --- read-through and write-through -------------------------------------------------------
 
-    async def get_or_set(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
+    async def get_or_set(self, key: str, loader: Loader[T], ttl: float | None = None) -> T:
         """Read-through: the cached value, or ``await loader()`` stored under ``key``.
 
         On a miss, the herd policy decides who calls the loader. A loader's exception reaches
@@ -436,143 +324,42 @@ class Cache:
         """
         return (await self.lookup(key, loader, ttl)).value
 
-    async def lookup(self, key: str, loader: Loader, ttl: float | None = None) -> Lookup:
+    async def lookup(self, key: str, loader: Loader[T], ttl: float | None = None) -> Lookup[T]:
         """Like :meth:`get_or_set`, but also says how the value was obtained (an Outcome)."""
-        self.redis_key(key)
-        if not callable(loader) or inspect.isasyncgenfunction(loader):
-            called = inspect.isawaitable(loader)
-            raise ConfigurationError(
-                f"loader must be an async callable taking no arguments, got {loader!r}; "
-                + ("pass the function, not its call: loader=fetch, not fetch(); " if called else "")
-                + "e.g. `async def loader(): return await db.fetch(key)`"
-            )
-        if ttl is not None:
-            _positive_ttl(ttl)
-        attempt = _Attempt(loader)
-
-        async def through_cache() -> tuple[Any, Outcome]:
-            if self.near is not None:
-                return await self._near_lookup(key, attempt, ttl)
-            return await self._lookup(key, attempt, ttl)
-
+        self.keyspace.value(key)
+        _check_loader(loader)
+        self._call_ttl(ttl)
+        attempt = _Attempt()
+        produce = self._producer(loader, ttl, attempt)
         try:
-            value, outcome = await self._via_redis(
-                "lookup", through_cache, lambda: self._bypass(key, loader, attempt)
-            )
+            try:
+                if self.near is not None:
+                    _found, value, outcome = await self._near_lookup(key, produce)
+                else:
+                    value, outcome, _entry = await self._lookup(key, produce)
+            except CacheUnavailableError as exc:
+                if self.on_redis_error != "open":
+                    raise _during("lookup", exc) from exc.__cause__
+                value, outcome = await self._bypass(key, loader, attempt)
         except Exception:
             self.stats.errors += 1
             raise
         self.stats.count(outcome)
         return Lookup(value, outcome)
 
-    async def _near_lookup(self, key: str, loader: Loader | None, ttl: float | None):
-        """L1 first; else Redis (and the loader, if any), remembering the answer in L1 unless an
-        invalidation of the key arrived meanwhile. ``(value, None)`` when ``loader`` is None and
-        Redis has nothing."""
-        if self.invalidator is not None:
-            await self._listening()
-        found, value = self.near.get(key)
-        if found:
-            return value, Outcome.HIT
-        ticket = self.near.begin(key)
-        try:
-            if loader is None:
-                entry = await self.read_entry(key)
-                if entry is None:
-                    return None, None
-                value, outcome = entry.value, Outcome.HIT
-            else:
-                value, outcome = await self._lookup(key, loader, ttl)
-            if outcome is not Outcome.STALE:
-                self.near.put(ticket, value)
-            return value, outcome
-        finally:
-            self.near.end(ticket)
-
-    async def _lookup(self, key: str, loader: Loader, ttl: float | None) -> tuple[Any, Outcome]:
-        entry = await self.policy.read(self, key)
-        if entry is None:
-            return await self.policy.fill(self, key, loader, ttl)
-        if not self._checks_refresh:
-            return entry.value, Outcome.HIT
-        verdict = self.refresh.verdict(entry, time.time())
-        if verdict is Verdict.FRESH:
-            return entry.value, Outcome.HIT
-        if verdict is Verdict.EARLY:
-            value = await self.policy.refresh(self, key, loader, ttl)
-            if value is NOT_REFRESHED:  # someone else is already recomputing it
-                return entry.value, Outcome.HIT
-            return value, Outcome.REFRESH
-        self._refresh_in_background(key, loader, ttl)
-        return entry.value, Outcome.STALE
-
-    def _refresh_in_background(self, key: str, loader: Loader, ttl: float | None) -> None:
-        """One background refresh per key per process; the Redis lock makes it one per cluster."""
-        if key in self._background:
-            return
-        task = asyncio.create_task(self._revalidate(key, loader, ttl))
-        self._background[key] = task
-        task.add_done_callback(lambda _t: self._background.pop(key, None))
-
-    async def _revalidate(self, key: str, loader: Loader, ttl: float | None) -> None:
-        lock = self.lock_for(key)
-        fence = await lock.try_acquire()
-        if fence is None:
-            return  # another process is revalidating this key
-        try:
-            await self.load_and_store(key, loader, ttl, fence=fence)
-            self.stats.background_refreshes += 1
-        except Exception:
-            self.stats.background_errors += 1
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(lock.release("filled"))
-
-    async def load_and_store(
-        self, key: str, loader: Loader, ttl: float | None = None, *, fence: int | None = None
-    ) -> Any:
-        """Call the loader once, store its value with how long it took, and return the value.
-
-        With a ``fence`` (a token from the key's lock or lease), the value is stored only if no
-        newer grant, write or delete happened meanwhile; otherwise it is returned but not stored,
-        and ``stats.rejected`` counts it.
-        """
-        value, data, px = await self.load_value(loader, ttl)
-        if fence is None:
-            await self.redis.set(self.redis_key(key), data, px=px)
-        else:
-            keys = [
-                self.redis_key(key),
-                self.helper_key(key, "fence"),
-                self.helper_key(key, "lease"),
-            ]
-            if not await self._fill(keys=keys, args=[data, px, fence]):
-                self.stats.rejected += 1
+    async def refresh(self, key: str, loader: Loader[T], ttl: float | None = None) -> T:
+        """Reload ``key`` now through the herd policy, as an early refresh would, and return the
+        value (the cached one if another caller is reloading it already). Warms a cache."""
+        self.keyspace.value(key)
+        _check_loader(loader)
+        self._call_ttl(ttl)
+        read = await self.policy.read(key)
+        value = await self.policy.refresh(key, read, self._producer(loader, ttl, _Attempt()))
+        if value is NOT_REFRESHED:
+            return read.entry.value if read.entry is not None else await self.get(key)
+        if self.near is not None:
+            self.near.invalidate(key)
         return value
-
-    async def load_value(self, loader: Loader, ttl: float | None = None) -> tuple[Any, bytes, int]:
-        """Call the loader once; return its value, the bytes to store and their TTL in ms.
-
-        The load time goes into the stored header (XFetch weighs by it); ``stats.loads`` counts
-        the call. Policies that store in their own way (one Lua call with a release) use this.
-        """
-        started = time.perf_counter()
-        value = await self._start_load(loader)
-        load_ms = (time.perf_counter() - started) * 1000
-        data, px = self.encode(self.serialize(value), ttl, load_ms)
-        return value, data, px
-
-    def _start_load(self, loader: Loader) -> Awaitable[Any]:
-        """Call the loader (counted in ``stats.loads``); refuse one that is not async."""
-        pending = loader()
-        if not inspect.isawaitable(pending):
-            raise ConfigurationError(
-                f"loader must be an async callable, but calling it returned "
-                f"{type(pending).__name__}; define it with `async def` or wrap a sync function "
-                "with `lambda: asyncio.to_thread(fn)`"
-            )
-        self.stats.loads += 1
-        return pending
 
     async def write_through(
         self,
@@ -589,20 +376,21 @@ class Cache:
         refused. A closed cache whose breaker is open refuses before the writer runs; if Redis
         fails after the writer succeeded, the error says that the value was written there.
         """
-        self.redis_key(key)
+        self.keyspace.value(key)
         if not callable(writer):
             raise ConfigurationError(
                 f"writer must be an async callable taking the value, got {writer!r}; "
                 "e.g. `async def writer(value): await db.save(key, value)`"
             )
-        payload = self.serialize(value)
-        if ttl is not None:
-            _positive_ttl(ttl)
-        if self.on_redis_error == "closed" and not self._would_reach_redis():
+        payload = self.codec.payload(value)
+        self._call_ttl(ttl)
+        if self.on_redis_error == "closed" and not (
+            self.breaker is None or self.breaker.would_allow()
+        ):
             self.stats.breaker_rejected += 1
             raise CacheUnavailableError(
-                self._unavailable_message("write_through", None)
-                + " Nothing was written: the writer was not called."
+                self.store.guard.unavailable(None) + " Nothing was written: the writer was not "
+                "called."
             )
         pending = writer(value)
         if not inspect.isawaitable(pending):
@@ -611,190 +399,213 @@ class Cache:
                 f"{type(pending).__name__}; define it with `async def`"
             )
         await pending
-        await self._via_redis(
-            "write_through (the writer has stored the value; only the cache was not updated)",
-            lambda: self._write_value(key, payload, ttl, value),
-            lambda: self._unwritten(key),
-        )
-
-    # --- when Redis is unavailable ------------------------------------------------------------
-
-    def _would_reach_redis(self) -> bool:
-        return self.breaker is None or self.breaker.would_allow()
-
-    async def _via_redis(
-        self,
-        what: str,
-        call: Callable[[], Awaitable[Any]],
-        degraded: Callable[[], Awaitable[Any]],
-    ) -> Any:
-        """``await call()`` (which uses Redis) under the breaker.
-
-        If Redis cannot be reached, or the open breaker does not let the call try, a closed cache
-        raises :class:`CacheUnavailableError` and an open one returns ``await degraded()``. Every
-        other exception (a loader's, a bad value, a Redis error reply) passes through unchanged and
-        tells the breaker that Redis answered.
-        """
-        permit = self._admit()
-        if permit is None:
-            return await self._unavailable(what, None, degraded)
         try:
-            result = await call()
-        except Exception as exc:
-            if not _is_outage(exc):
-                self._settle(permit, ok=True)
-                raise
-            self.stats.redis_errors += 1
-            self._settle(permit, ok=False)
-            failure = exc
-        except BaseException:  # cancelled: no verdict on Redis
-            self._settle(permit, ok=None)
-            raise
-        else:
-            self._settle(permit, ok=True)
-            return result
-        return await self._unavailable(what, failure, degraded)
+            await self._write_or_give_up("write_through", key, payload, ttl)
+        except CacheUnavailableError as exc:
+            raise CacheUnavailableError(
+                f"{exc} (the writer has stored the value; only the cache was not updated)"
+            ) from exc.__cause__
 
-    def _admit(self) -> Permit | None:
-        """The breaker's leave to use Redis (always, without a breaker); None while it is open."""
-        if self.breaker is None:
-            return _UNGUARDED
-        permit = self.breaker.allow()
-        if permit is None:
-            self.stats.breaker_rejected += 1
-        return permit
+    # --- the lookup ---------------------------------------------------------------------------
 
-    def _settle(self, permit: Permit, *, ok: bool | None) -> None:
-        if self.breaker is None:
+    async def _lookup(self, key: str, produce: Produce) -> tuple[Any, Outcome, Entry | None]:
+        """Redis (through the herd policy) and, on a miss, the loader; with the entry the value
+        came from, when it came from one."""
+        read = await self.policy.read(key)
+        entry = read.entry
+        if entry is None:
+            value, outcome = await self.policy.load(key, read, produce)
+            return value, outcome, None
+        if not self._checks_refresh:
+            return entry.value, Outcome.HIT, entry
+        verdict = self.refresh_policy.verdict(entry, time.time())
+        if verdict is Verdict.FRESH:
+            return entry.value, Outcome.HIT, entry
+        if verdict is Verdict.EARLY:
+            value = await self.policy.refresh(key, read, produce)
+            if value is NOT_REFRESHED:  # someone else is already recomputing it
+                return entry.value, Outcome.HIT, entry
+            return value, Outcome.REFRESH, None
+        if key not in self._background:  # one background refresh per key per process
+            task = asyncio.create_task(self._revalidate(key, read, produce))
+            self._background[key] = task
+            task.add_done_callback(lambda _t: self._background.pop(key, None))
+        return entry.value, Outcome.STALE, entry
+
+    async def _revalidate(self, key: str, read: Any, produce: Produce) -> None:
+        try:
+            if await self.policy.revalidate(key, read, produce):
+                self.stats.background_refreshes += 1
+        except Exception:  # nobody awaits this task: count, never leak "never retrieved"
+            self.stats.background_errors += 1
+
+    async def _near_lookup(self, key: str, produce: Produce | None) -> tuple[bool, Any, Outcome]:
+        """L1 first; else Redis (and the loader, if any), remembering the answer in L1 unless an
+        invalidation of the key arrived meanwhile. ``found`` is False when ``produce`` is None
+        and Redis has nothing."""
+        if self.invalidator is not None:
+            await self._listening()
+        found, value = self.near.get(key)
+        if found:
+            return True, value, Outcome.HIT
+        ticket = self.near.begin(key)
+        try:
+            if produce is None:
+                entry = (await self.policy.read(key)).entry
+                if entry is None:
+                    return False, None, Outcome.HIT
+                value, outcome = entry.value, Outcome.HIT
+            else:
+                value, outcome, entry = await self._lookup(key, produce)
+            if outcome is not Outcome.STALE:
+                if entry is not None:
+                    fresh = (entry.soft_expires_at or entry.expires_at) - time.time()
+                else:
+                    fresh = self._fresh_for(None)
+                item = self._l1_item(value, None)
+                self.near.put(ticket, item, ttl_s=fresh)
+            return True, value, outcome
+        finally:
+            self.near.end(ticket)
+
+    async def _listening(self) -> None:
+        """Start the invalidator before the first L1 fill (no later write can then be missed);
+        if its listener died, flush the L1 and start it again."""
+        if self.invalidator.running:
             return
-        if ok is None:
-            self.breaker.release(permit)
-        elif ok:
-            self.breaker.success(permit)
-        else:
-            self.breaker.failure(permit)
-
-    async def _unavailable(
-        self, what: str, failure: BaseException | None, degraded: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        if self.on_redis_error == "open":
-            return await degraded()
-        raise CacheUnavailableError(self._unavailable_message(what, failure)) from failure
-
-    def _unavailable_message(self, what: str, failure: BaseException | None) -> str:
-        if failure is not None:
-            detail = str(failure).rstrip(". ") or "no details"
-            why = f"Redis did not answer ({type(failure).__name__}: {detail})"
-        elif self.breaker is not None and self.breaker.retry_in() > 0:
-            why = (
-                f"the circuit breaker is open after {self.breaker.failures} consecutive "
-                f"failures, so Redis was not tried; it tries again in "
-                f"{self.breaker.retry_in():.2f} s"
+        async with self._starting:
+            if self.invalidator.running:
+                return
+            if self._listened:  # it was listening and stopped: messages may have been lost
+                self.near.clear()
+                self.invalidator.stats.restarts += 1
+            await self.invalidator.aclose()
+            await self.store.guard(
+                self.invalidator.start,
+                self.store.redis,
+                self.keyspace,
+                self._invalidated,
+                self.near.clear,
             )
-        else:
-            why = "the circuit breaker is testing with one call whether Redis is back"
-        return (
-            f"{what} on cache {self.namespace!r} could not use Redis at "
-            f"{server_label(self.redis)}: {why}. Check that the server runs and is reachable, "
-            "or create the cache with on_redis_error='open' to answer from the loader while "
-            "Redis is away."
-        )
+            self._listened = True
 
-    async def _bypass(self, key: str, loader: Loader, attempt: _Attempt) -> tuple[Any, Outcome]:
+    def _invalidated(self, key: str) -> None:
+        """Another process changed ``key``: drop it from L1, and let no lookup starting now join
+        a read of it that began before the change."""
+        self.near.invalidate(key)
+        self.policy.forget(key)
+
+    def _l1_item(self, value: Any, payload: bytes | None) -> Any:
+        """What L1 keeps of a value: itself if immutable, else its bytes (decoded per hit)."""
+        if type(value) in _IMMUTABLE:
+            return value
+        if payload is None:
+            payload = self.codec.payload(value)
+        return Serialized(payload, self.codec.loads)
+
+    def _fresh_for(self, ttl: float | None) -> float:
+        """How long an entry written now with ``ttl`` stays fresh at least, whatever the jitter
+        drew: an L1 copy of it must not outlive it."""
+        seconds = self.ttl if ttl is None else ttl
+        if self.codec.soft_ttl is not None:
+            seconds = min(seconds, self.codec.soft_ttl)
+        return seconds * (1 - self.codec.ttl_jitter)
+
+    def _call_ttl(self, ttl: float | None) -> None:
+        if ttl is not None:
+            self.codec.check_call_ttl(check_ttl(ttl))
+
+    def _producer(self, loader: Loader[Any], ttl: float | None, attempt: _Attempt) -> Produce:
+        """``produce`` for the herd policy: call the loader once (counted), time it, encode."""
+
+        async def produce() -> Loaded:
+            started = time.perf_counter()
+            pending = loader()
+            if not inspect.isawaitable(pending):
+                raise ConfigurationError(
+                    f"loader must be an async callable, but calling it returned "
+                    f"{type(pending).__name__}; define it with `async def` or wrap a sync "
+                    "function with `lambda: asyncio.to_thread(fn)`"
+                )
+            self.stats.loads += 1
+            value = await pending
+            attempt.loaded, attempt.value = True, value
+            payload = self.codec.payload(value)
+            packed = self.codec.pack(payload, ttl, (time.perf_counter() - started) * 1000)
+            return Loaded(value, payload, packed)
+
+        return produce
+
+    async def _bypass(self, key: str, loader: Loader[Any], attempt: _Attempt):
         """Answer a lookup without Redis: with the value this caller already loaded (the outage
         struck while storing it), else from the loader. Concurrent callers of a key share one
         load unless the policy is ``"none"``, so an outage does not turn into a stampede."""
         if attempt.loaded:
             return attempt.value, Outcome.BYPASS
         if self.policy.name == "none":
-            return await self._start_load(loader), Outcome.BYPASS
-        value, _shared = await self._bypassing.do(key, lambda: self._start_load(loader))
+            return await _call(loader, self.stats), Outcome.BYPASS
+        value, _shared = await self._bypassing.do(key, lambda: _call(loader, self.stats))
         return value, Outcome.BYPASS
-
-    async def _unwritten(self, key: str) -> int:
-        """An open cache gives up a write it cannot make; this process's L1 forgets the key."""
-        self.stats.unwritten += 1
-        if self.near is not None:
-            self.near.invalidate(key)
-        return 0
 
     # --- housekeeping -------------------------------------------------------------------------
 
-    async def _scan(self) -> AsyncIterator[bytes]:
-        pattern = _glob_escape(self._prefix) + "*"
-        async for rkey in self.redis.scan_iter(match=pattern, count=500):
-            yield rkey
-
     async def keys(self) -> AsyncIterator[str]:
         """This cache's keys (without the namespace), found with SCAN, never KEYS."""
-        async for rkey in self._scan():
-            if rkey.endswith(b"}"):  # value keys; helper keys end in :lock, :fence, ...
-                yield rkey.decode()[len(self._prefix) : -1]
+        async for rkey in self.store.scan():
+            key = self.keyspace.key_of(rkey)
+            if key is not None:
+                yield key
 
     async def clear(self) -> int:
         """Delete every key of this namespace: values, helper keys, and the invalidator's own
         keys (a Streams log). SCAN + UNLINK, never KEYS. Returns how many values were removed.
         """
         removed = 0
-        batch: list[bytes | str] = list(self.invalidator.keys(self)) if self.invalidator else []
-        async for rkey in self._scan():
+        batch: list[bytes | str] = []
+        if self.invalidator is not None:
+            batch.extend(self.invalidator.redis_keys(self.keyspace))
+        async for rkey in self.store.scan():
             batch.append(rkey)
             removed += rkey.endswith(b"}")
             if len(batch) >= 500:
-                await self.redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self.redis.unlink(*batch)
+                await self.store.unlink(batch)
+                batch = []
+        await self.store.unlink(batch)
+        if self.near is not None:
+            self.near.clear()
         return removed
 
 
-_UNGUARDED = Permit(generation=-1)
-_OUTAGES = (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError, OSError)
-_ANSWERED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError, CachelabError)
-_FROM_LOADER = "_cachelab_from_loader"
-
-
-def _is_outage(exc: BaseException) -> bool:
-    """Did Redis fail to answer (refused, reset, timed out, still loading its data)?
-
-    A refused password is an answer (and a misconfiguration, not an outage), cachelab's own errors
-    (a lock wait that timed out) are not about reaching Redis, and an error raised by a loader is
-    the loader's, even when it is a Redis error of some other server.
-    """
-    return (
-        isinstance(exc, _OUTAGES)
-        and not isinstance(exc, _ANSWERED)
-        and not getattr(exc, _FROM_LOADER, False)
-    )
+def _during(what: str, error: CacheUnavailableError) -> CacheUnavailableError:
+    """The same error, saying which call of the cache met it: ``"lookup on cache 'x' ..."``."""
+    return CacheUnavailableError(f"{what} on {error}")
 
 
 class _Attempt:
-    """One lookup's loader, watched: its value is kept (if Redis fails while storing it, the
-    caller gets it without a second load) and its errors are marked as the loader's."""
+    """One lookup's own load: kept, so that if Redis fails while storing it the caller gets it
+    without a second load."""
 
-    __slots__ = ("loaded", "loader", "value")
+    __slots__ = ("loaded", "value")
 
-    def __init__(self, loader: Loader) -> None:
-        self.loader, self.loaded, self.value = loader, False, None
-
-    def __call__(self) -> Any:
-        pending = self.loader()
-        return self._watch(pending) if inspect.isawaitable(pending) else pending
-
-    async def _watch(self, pending: Awaitable[Any]) -> Any:
-        try:
-            self.value = await pending
-        except BaseException as exc:
-            with contextlib.suppress(AttributeError):
-                setattr(exc, _FROM_LOADER, True)
-            raise
-        self.loaded = True
-        return self.value
-
-    def __repr__(self) -> str:
-        return repr(self.loader)
+    def __init__(self) -> None:
+        self.loaded, self.value = False, None
 
 
-def _glob_escape(text: str) -> str:
-    """Escape Redis glob characters so a namespace matches only itself."""
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+def _check_loader(loader: object) -> None:
+    if not callable(loader) or inspect.isasyncgenfunction(loader):
+        called = inspect.isawaitable(loader)
+        raise ConfigurationError(
+            f"loader must be an async callable taking no arguments, got {loader!r}; "
+            + ("pass the function, not its call: loader=fetch, not fetch(); " if called else "")
+            + "e.g. `async def loader(): return await db.fetch(key)`"
+        )
+
+
+async def _call(loader: Loader[Any], stats: Stats) -> Any:
+    pending = loader()
+    if not inspect.isawaitable(pending):
+        raise ConfigurationError(
+            f"loader must be an async callable, but calling it returned {type(pending).__name__}"
+        )
+    stats.loads += 1
+    return await pending

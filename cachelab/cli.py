@@ -27,7 +27,7 @@ from rich.table import Table
 
 from .connection import connect, redact_url, source_of
 from .errors import CachelabError, ConfigurationError
-from .policies import HERD_POLICIES
+from .herd import HERD_POLICIES
 
 app = typer.Typer(
     help="cachelab: see a cache stampede happen on Redis, and measure the fixes side by side.",

@@ -37,6 +37,7 @@ from .errors import ConfigurationError, InvalidURLError
 
 __all__ = [
     "CLUSTER_SCHEMES",
+    "NoFreeConnection",
     "QueueingRedisCluster",
     "cluster_client",
     "each_node",
@@ -142,6 +143,11 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 # --- clients ----------------------------------------------------------------------------------
 
 
+class NoFreeConnection(RedisConnectionError):
+    """Every connection the cluster client may open stayed busy for its pool timeout: the client
+    is overloaded, the cluster may well be fine (so a circuit breaker does not count it)."""
+
+
 class QueueingRedisCluster(RedisCluster):
     """A ``RedisCluster`` whose excess requests wait for a turn instead of failing.
 
@@ -182,7 +188,7 @@ class QueueingRedisCluster(RedisCluster):
             async with asyncio.timeout(self.cachelab_pool_timeout):
                 await self._turns.acquire()
         except TimeoutError:
-            raise RedisConnectionError(
+            raise NoFreeConnection(
                 f"no free cluster connection within {self.cachelab_pool_timeout:g} s "
                 f"({self.cachelab_max_connections} commands already in flight); raise "
                 "max_connections or pool_timeout"
@@ -237,14 +243,10 @@ def node_pool(
     node = client.get_default_node()
     if node is None:  # not discovered yet: any startup node will do
         node = next(iter(client.nodes_manager.startup_nodes.values()))
-    kwargs = {
-        **node.connection_kwargs,
-        "client_name": client_name,
-        "socket_timeout": None,
-        **overrides,
-    }
+    kwargs = {**node.connection_kwargs, "client_name": client_name, "socket_timeout": None}
     for internal in ("retry", "event_dispatcher", "oss_cluster_maint_notifications_handler"):
         kwargs.pop(internal, None)
+    kwargs.update(overrides)
     return aioredis.ConnectionPool(
         connection_class=node.connection_class, max_connections=1, **kwargs
     )

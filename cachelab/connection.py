@@ -69,6 +69,7 @@ __all__ = [
     "RedisSource",
     "clone_client",
     "connect",
+    "listener_client",
     "portable_spec",
     "redact_url",
     "server_label",
@@ -513,6 +514,44 @@ def clone_client(
     if client in _sources:
         _sources[clone] = _sources[client]
     return clone
+
+
+_POOL_INTERNALS = ("maint_notifications", "orig_", "himport_registry", "retry_on_timeout")
+
+
+def listener_client(redis: aioredis.Redis, client_name: str, **overrides: object) -> aioredis.Redis:
+    """A one-connection client for listening (pub/sub, blocking stream reads), named
+    ``client_name`` in CLIENT LIST, on the same server as ``redis`` (on a cluster: one node).
+
+    A listener must *notice* a dropped connection, because what was sent meanwhile is lost: so it
+    never retries silently (redis-py's defaults reconnect and resubscribe inside the read), and it
+    has no read timeout (waiting for a message is its normal state), whatever client the user
+    passed. The connect timeout, password, TLS and database of ``redis`` are kept; ``overrides``
+    change other connection settings (e.g. ``protocol=2``).
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    quiet = {
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_error": [],
+        "socket_timeout": None,
+        **overrides,
+    }
+    if cluster.is_cluster(redis):
+        pool = cluster.node_pool(redis, client_name=client_name, **quiet)
+    else:
+        base = redis.connection_pool
+        kwargs = {
+            name: value
+            for name, value in base.connection_kwargs.items()
+            if not name.startswith(_POOL_INTERNALS)  # state of the original pool, not settings
+        }
+        kwargs.update(client_name=client_name, **quiet)
+        pool = aioredis.ConnectionPool(
+            connection_class=base.connection_class, max_connections=1, **kwargs
+        )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its connection
 
 
 @dataclass(frozen=True)

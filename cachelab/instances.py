@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 from .cache import Cache
 from .connection import ClientSpec, portable_spec
 from .errors import ExperimentError
+from .herd import herd_policy
 from .metrics import Outcome
-from .policies import herd_policy
 from .testing import Gate, SlowBackend
 
 __all__ = [

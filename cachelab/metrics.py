@@ -35,9 +35,11 @@ class Stats:
     stored because the key's fence moved on meanwhile (a newer lock grant, write or delete).
     ``corrupt`` counts stored entries that could not be decoded and were treated as missing.
 
-    When Redis is down: ``redis_errors`` counts operations that tried Redis and failed (refused,
+    When Redis is down: ``redis_errors`` counts commands that tried Redis and failed (refused,
     reset, timed out); ``breaker_rejected`` those the open circuit breaker kept from trying at all;
-    ``unwritten`` the writes and deletes that, with ``on_redis_error="open"``, were given up.
+    ``pool_timeouts`` those that found every connection of the pool busy (Redis may be fine; the
+    breaker does not count them); ``unwritten`` the writes and deletes that, with
+    ``on_redis_error="open"``, were given up.
     """
 
     hits: int = 0
@@ -54,6 +56,7 @@ class Stats:
     bypassed: int = 0
     redis_errors: int = 0
     breaker_rejected: int = 0
+    pool_timeouts: int = 0
     unwritten: int = 0
 
     @property

@@ -55,16 +55,15 @@ class EntryTimes(Protocol):
 
 
 class RefreshPolicy:
-    """Base class: never refresh early (a hard TTL)."""
+    """Base class: never refresh early (a hard TTL). Subclasses override :meth:`verdict`, a pure
+    function of the entry's timings and the clock; the cache's herd policy carries it out."""
 
     name = "none"
+    soft_ttl_s: float | None = None
+    """Seconds after a write at which the entry turns stale (None: never before it expires)."""
 
     def verdict(self, entry: EntryTimes, now: float) -> Verdict:
         return Verdict.FRESH
-
-    def soft_ttl(self, ttl: float) -> float | None:
-        """Seconds after a write at which the entry turns stale (None: never before expiry)."""
-        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -101,31 +100,31 @@ class XFetch(RefreshPolicy):
 
 @dataclass(repr=False)
 class StaleWhileRevalidate(RefreshPolicy):
-    """Fresh for ``soft_ttl`` seconds; after that, serve the old value while one refresh runs."""
+    """Fresh for ``soft_ttl_s`` seconds; after that, serve the old value while one refresh runs.
 
-    soft_ttl_s: float
+    With ``ttl_jitter`` the soft TTL is spread by the same factor as the TTL, so every entry
+    still turns stale before it expires."""
+
+    soft_ttl_s: float  # type: ignore[assignment]  # required here, None on the base class
 
     name = "swr"
 
     def __post_init__(self) -> None:
         soft = self.soft_ttl_s
-        if isinstance(soft, bool) or not isinstance(soft, int | float) or not soft > 0:
+        if (
+            isinstance(soft, bool)
+            or not isinstance(soft, int | float)
+            or not (soft > 0 and math.isfinite(soft))
+        ):
             raise ConfigurationError(
-                f"stale-while-revalidate needs a positive soft TTL in seconds, got {soft!r}; "
-                "it must be shorter than the cache's ttl"
+                f"stale-while-revalidate needs a positive, finite soft TTL in seconds, got "
+                f"{soft!r}; it must be shorter than the cache's ttl"
             )
+        self.soft_ttl_s = float(soft)
 
     def verdict(self, entry: EntryTimes, now: float) -> Verdict:
         soft = entry.soft_expires_at
         return Verdict.STALE if soft is not None and now >= soft else Verdict.FRESH
-
-    def soft_ttl(self, ttl: float) -> float | None:
-        if self.soft_ttl_s >= ttl:
-            raise ConfigurationError(
-                f"stale-while-revalidate's soft TTL ({self.soft_ttl_s:g} s) must be shorter than "
-                f"the TTL ({ttl:g} s): the stale window is the time between them"
-            )
-        return self.soft_ttl_s
 
     def __repr__(self) -> str:
         return f"StaleWhileRevalidate(soft_ttl_s={self.soft_ttl_s:g})"

@@ -106,7 +106,7 @@ class MsgpackSerializer:
 class PickleSerializer:
     """Pickle, signed: any picklable value, for caches whose every reader and writer you trust.
 
-    A stored payload is ``clp1`` + the HMAC-SHA256 of the pickle under ``secret_key`` (32 bytes)
+    A serialized payload is ``clp1`` + the HMAC-SHA256 of the pickle under ``secret_key`` (32 bytes)
     + the pickle. :meth:`loads` recomputes the HMAC and compares it in constant time before it
     unpickles anything, so bytes written by someone without the key are refused, not run.
     ``secret_key`` (bytes, or str taken as UTF-8) must be at least 16 bytes; generate one with
@@ -132,7 +132,9 @@ class PickleSerializer:
     def __repr__(self) -> str:
         return "PickleSerializer(secret_key=***)"
 
-    def _sign(self, data: bytes) -> bytes:
+    def sign(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under the secret key. A cache signs each whole stored entry
+        (header and payload) with it, so a forged expiry is refused like a forged value."""
         return hmac.new(self._key, data, hashlib.sha256).digest()
 
     def dumps(self, value: Any) -> bytes:
@@ -143,14 +145,14 @@ class PickleSerializer:
                 f"cannot pickle a value of type {type(value).__name__} ({exc}); lambdas, local "
                 "classes, open files and sockets cannot be pickled: store plain data instead"
             ) from None
-        return self._MAGIC + self._sign(data) + data
+        return self._MAGIC + self.sign(data) + data
 
     def loads(self, data: bytes) -> Any:
         start = len(self._MAGIC) + self._DIGEST_BYTES
         if not data.startswith(self._MAGIC) or len(data) < start:
             raise SerializationError("stored payload is not a signed pickle; refusing to unpickle")
         signature, body = data[len(self._MAGIC) : start], data[start:]
-        if not hmac.compare_digest(signature, self._sign(body)):
+        if not hmac.compare_digest(signature, self.sign(body)):
             raise SerializationError(
                 "stored pickle's signature does not match this secret_key; refusing to unpickle "
                 "(written with another key, or tampered with)"

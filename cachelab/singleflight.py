@@ -111,7 +111,8 @@ class SingleFlight:
       same task and get the same value, or the same exception.
     - ``shared`` is True when the result went to more than one caller (Go's ``shared`` flag).
     - Cancelling a caller (even the first) does not cancel the work the others wait for. When every
-      caller has been cancelled, nobody wants the result any more, and the work is cancelled too.
+      caller has been cancelled, nobody wants the result any more: the key is forgotten (a new
+      caller starts a new call) and the work is cancelled.
     - The key's entry is removed as soon as the call finishes: nothing is cached.
     """
 
@@ -135,6 +136,10 @@ class SingleFlight:
         except asyncio.CancelledError:
             call.callers -= 1
             if call.callers == 0:
+                # Nobody wants the result any more. Forget the key first: the work may take a
+                # while to wind down (a clean-up that awaits Redis), and a caller arriving
+                # meanwhile must start afresh, not join a flight that is being cancelled.
+                self._finished(key, call)
                 cancel_for_good(call.task)  # once may not stick: see cachelab.tasks
             if call.task.done() and not call.task.cancelled():
                 call.task.exception()  # mark any error as retrieved: nobody is left to see it

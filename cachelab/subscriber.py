@@ -6,9 +6,12 @@ of ``listen(channel)`` blocks share one connection and one reader task. The read
 someone listens; when the last listener leaves, it is cancelled and the connection closed, so an
 idle process holds no task and no extra connection.
 
-Pub/sub is at-most-once: while the connection is down, messages are lost. When the reader loses
-its connection it reconnects (redis-py re-subscribes) and puts :data:`LOST` into every inbox, so
-listeners can re-check whatever state the lost messages were about.
+Pub/sub is at-most-once: while the connection is down, messages are lost. The connection never
+retries silently (see :func:`~cachelab.connection.listener_client`): when the reader loses it, it
+puts :data:`LOST` into every inbox, so listeners can re-check whatever state the lost messages
+were about, then reconnects (redis-py re-subscribes) and announces :data:`RESUMED` per channel
+once the server confirms it. The reader never ends on an error: whatever goes wrong reads as a
+lost connection.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from typing import ClassVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .cluster import is_cluster, node_pool
+from .connection import listener_client
+from .errors import AuthenticationError
 from .tasks import cancel_all
 
 __all__ = ["LOST", "RESUMED", "Inbox", "Subscriber"]
@@ -64,23 +69,14 @@ class Inbox:
         self._queue.put_nowait(item)
 
 
-def _dedicated_pubsub(redis: aioredis.Redis, client_name: str):
-    """A PubSub on its own one-connection pool, named ``client_name`` in CLIENT LIST.
-
-    A subscribed connection is useless for commands, and closing a PubSub disconnects its
-    connection; taking it from the client's pool would hand a dead connection back to the next
-    command, which would then pay a reconnect. The name lets an experiment (or an operator) find
-    exactly this connection, e.g. to kill it. On a Redis Cluster it connects to one node: a
-    PUBLISH on any node reaches the subscribers of every node.
-    """
-    if is_cluster(redis):
-        return aioredis.Redis(connection_pool=node_pool(redis, client_name=client_name)).pubsub()
-    pool = redis.connection_pool
-    kwargs = {**pool.connection_kwargs, "client_name": client_name}
-    own = aioredis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=1, **kwargs
-    )
-    return aioredis.Redis(connection_pool=own).pubsub()
+def _refused(exc: ResponseError) -> Exception:
+    if isinstance(exc, NoPermissionError):
+        return AuthenticationError(
+            "the Redis user may not run SUBSCRIBE, which cachelab needs to wake lock waiters and "
+            "to hear invalidations; grant it with `ACL SETUSER <user> +subscribe &*` (commands "
+            "and channels), or connect as a user that may"
+        )
+    return exc
 
 
 class Subscriber:
@@ -123,12 +119,22 @@ class Subscriber:
     @contextlib.asynccontextmanager
     async def listen(self, channel: str) -> AsyncIterator[Inbox]:
         """Subscribe (confirmed by the server on entry) and yield an :class:`Inbox`."""
-        inbox = Inbox(channel)
-        await self._add(channel.encode(), inbox)
+        inbox = await self.subscribe(channel)
         try:
             yield inbox
         finally:
-            await asyncio.shield(self._remove(channel.encode(), inbox))
+            await asyncio.shield(self.unsubscribe(inbox))
+
+    async def subscribe(self, channel: str) -> Inbox:
+        """An inbox for ``channel``, once the server confirmed the subscription; pair it with
+        :meth:`unsubscribe` (or use :meth:`listen`)."""
+        inbox = Inbox(channel)
+        await self._add(channel.encode(), inbox)
+        return inbox
+
+    async def unsubscribe(self, inbox: Inbox) -> None:
+        """Stop delivering to ``inbox``; the last listener of a channel unsubscribes it."""
+        await self._remove(inbox.channel.encode(), inbox)
 
     async def _add(self, channel: bytes, inbox: Inbox) -> None:
         async with self._state:
@@ -137,7 +143,7 @@ class Subscriber:
             if len(listeners) > 1:
                 return
             if self._pubsub is None:
-                self._pubsub = _dedicated_pubsub(self.redis, self.client_name)
+                self._pubsub = listener_client(self.redis, self.client_name).pubsub()
             confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
             try:
                 await self._pubsub.subscribe(channel)
@@ -184,7 +190,14 @@ class Subscriber:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=None)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if message is not None:
+                    self._deliver(message)
+            except ResponseError as exc:  # an error reply to our SUBSCRIBE (an ACL refused it)
+                refused = _refused(exc)
+                for future in self._confirmed.values():
+                    if not future.done():
+                        future.set_exception(refused)
+            except Exception:  # a dropped connection, or anything else: messages may be lost
                 self.reconnects += 1
                 self._resubscribing.update(self._inboxes)
                 for listeners in self._inboxes.values():
@@ -192,20 +205,20 @@ class Subscriber:
                         inbox._put(LOST)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.05
-            if message is None:
-                continue
-            kind, channel = message["type"], message["channel"]
-            if kind == "subscribe":
-                future = self._confirmed.get(channel)
-                if future is not None and not future.done():
-                    future.set_result(None)
-                if channel in self._resubscribing:
-                    self._resubscribing.discard(channel)
-                    for inbox in self._inboxes.get(channel, ()):
-                        inbox._put(RESUMED)
-            elif kind == "message":
-                self.messages += 1
+            else:
+                backoff = 0.05
+
+    def _deliver(self, message: dict) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "subscribe":
+            future = self._confirmed.get(channel)
+            if future is not None and not future.done():
+                future.set_result(None)
+            if channel in self._resubscribing:
+                self._resubscribing.discard(channel)
                 for inbox in self._inboxes.get(channel, ()):
-                    inbox._put(message["data"])
+                    inbox._put(RESUMED)
+        elif kind == "message":
+            self.messages += 1
+            for inbox in self._inboxes.get(channel, ()):
+                inbox._put(message["data"])

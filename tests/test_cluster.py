@@ -33,8 +33,8 @@ from cachelab.cluster import is_cluster, key_slot, parse_cluster_url
 from cachelab.connection import ClientSpec, clone_client, portable_spec, source_of
 from cachelab.errors import ConfigurationError, InvalidURLError, RedisUnavailableError
 from cachelab.experiments import run_stampede
-from cachelab.invalidation import kill_connections
-from cachelab.policies import HERD_POLICIES
+from cachelab.herd import HERD_POLICIES
+from cachelab.l1 import kill_connections
 from cachelab.refresh import StaleWhileRevalidate, XFetch
 from cachelab.streams import StreamConsumer, add, read_from_last
 from cachelab.subscriber import Subscriber
@@ -260,7 +260,13 @@ async def test_every_key_a_cache_writes_shares_its_values_slot(cluster_client, n
     for key in TRICKY_KEYS:
         assert await cache.get_or_set(key, _const(key)) == key
         await cache.delete(key)  # leaves the fence (and, for leases, the stale copy)
-        async with cache.lock_for(key, ttl=5):  # the lock key exists while held
+        lock = RedisLock(
+            cluster_client,
+            cache.keyspace.helper(key, "lock"),
+            ttl=5,
+            fence_key=cache.keyspace.helper(key, "fence"),
+        )
+        async with lock:  # the lock key exists while held
             written = {k async for k in cluster_client.scan_iter(match="*", count=1000)}
         mine = [k for k in written if k.startswith(cache.redis_key(key).encode())]
         assert len(mine) >= 2, mine  # the lock and the fence at least
@@ -268,7 +274,7 @@ async def test_every_key_a_cache_writes_shares_its_values_slot(cluster_client, n
         assert slots == {await server_slot(cluster_client, cache.redis_key(key))}, mine
         assert slots == {key_slot(cache.redis_key(key))}  # our computation agrees
         for role in ("lock", "fence", "lease", "stale", "filled"):
-            assert key_slot(cache.helper_key(key, role)) == key_slot(cache.redis_key(key))
+            assert key_slot(cache.keyspace.helper(key, role)) == key_slot(cache.redis_key(key))
     await cache.clear()
 
 

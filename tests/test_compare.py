@@ -99,7 +99,7 @@ async def test_expiries_refresh_policies_remove_misses_and_herds(real_redis):
 
 @pytest.mark.redis
 async def test_writes_only_leases_serve_marked_stale_values_and_fences_bound_the_loads(real_redis):
-    # a write per load time: loads straddle deletes all the time, so stale sets are sure to happen
+    # a write per load time: loads straddle deletes all the time, so stale sets would be sure
     frame = await compare_policies(
         20, 4, 40, rate=200, duration=1.5, writes_per_s=25, workloads=["writes"],
         redis=real_redis, seed=3,
@@ -107,14 +107,13 @@ async def test_writes_only_leases_serve_marked_stale_values_and_fences_bound_the
     check_shape(frame, "writes")
     rows = {row.herd: row for _i, row in frame.iterrows()}
     assert rows["none"].events >= 25  # the reads saw most of the 37 invalidations
-    assert rows["none"].outdated_reads > 0
+    # every herd fences its fills, and a lookup that starts after a delete never joins a load
+    # begun before it: no read is answered with a value older than a completed delete
+    assert (frame["outdated_reads"] == 0).all()
     for herd in ("distributed", "lease"):
         # one grant per invalidation; +1: the last delete's reload may start before any read
         # notices that delete (the writer records it after DEL returns)
         assert rows[herd].backend_loads <= rows[herd].events + 1
-        # fenced fills never store an outdated value; only a load already in flight when a
-        # delete landed can hand one out, far less often than none's stale sets
-        assert rows[herd].outdated_reads < rows["none"].outdated_reads
     assert rows["none"].backend_loads > rows["none"].events  # a herd at every invalidation
     assert rows["lease"].stale_served > 0  # the old value, marked stale, while one refills
     for herd in ("none", "local", "distributed"):

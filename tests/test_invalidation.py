@@ -20,7 +20,7 @@ import pytest
 
 import cachelab
 from cachelab import Cache, ConfigurationError, NearCache, clone_client, connection
-from cachelab.invalidation import (
+from cachelab.l1 import (
     Invalidator,
     PubSubInvalidator,
     StreamInvalidator,
@@ -97,7 +97,7 @@ async def connected(base, names: list[str]) -> bool:
 
 async def raw_write(base, cache: Cache, key: str, value) -> None:
     """Write ``key`` the way a program that knows nothing of cachelab would: a plain SET."""
-    data, _px = cache.encode(cache.serializer.dumps(value), None, 0.0)
+    data = cache.codec.pack(cache.codec.payload(value), None, 0.0).data
     await base.set(cache.redis_key(key), data)
 
 
@@ -344,22 +344,22 @@ async def test_a_read_that_outlives_a_write_leaves_nothing_stale_in_l1(instances
     await a.set("k", "v1")
     await b.get("warm-up")  # B's invalidator runs before the race begins
     fetched, release = asyncio.Event(), asyncio.Event()
-    read_entry = b.read_entry
+    read = b.store.read
 
-    async def slow_read_entry(key):
-        entry = await read_entry(key)  # Redis answered with v1 ...
+    async def slow_read(key):
+        found = await read(key)  # Redis answered with v1 ...
         fetched.set()
         await release.wait()  # ... but the answer reaches L1 only later
-        return entry
+        return found
 
-    b.read_entry = slow_read_entry
+    b.store.read = slow_read
     reader = asyncio.create_task(b.get("k"))
     await fetched.wait()
     await a.set("k", "v2")
     await until(lambda: b.invalidator.stats.applied >= 1, what="B's invalidation")
     release.set()
     assert await reader == "v1"  # it began before the write: the old value is a fair answer
-    del b.read_entry
+    del b.store.read
     assert b.near.stats.refused == 1
     assert "k" not in b.near  # but it must not stay in L1
     assert await b.get("k") == "v2"
@@ -377,17 +377,17 @@ async def test_a_first_write_does_not_miss_a_write_made_while_its_invalidator_st
     await b.get("warm-up")
     start = a.invalidator.start
 
-    async def start_while_b_writes(cache):
+    async def start_while_b_writes(*args):
         await b.set("k", "from-b")  # announced before A listens
-        await start(cache)
+        await start(*args)
 
     a.invalidator.start = start_while_b_writes
     await a.set("k", "from-a")
     del a.invalidator.start
     await asyncio.sleep(0.1)  # any invalidation that is coming has come
-    stored = await a.read("k")
-    assert stored[0]
-    assert await a.get("k") == stored[1]
+    stored = await a.entry("k")
+    assert stored is not None
+    assert await a.get("k") == stored.value
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -397,19 +397,19 @@ async def test_a_write_overtaken_by_another_leaves_nothing_stale_in_the_writers_
     a, b = instances.pair(mode)
     await a.get("warm-up")
     await b.get("warm-up")
-    write_redis = a._write_redis
+    write = a.store.write
 
-    async def overtaken(key, payload, ttl):
+    async def overtaken(key, packed, **options):
         expected = a.invalidator.stats.applied + (2 if mode == "tracking" else 1)  # + A's own
-        written = await write_redis(key, payload, ttl)
+        written = await write(key, packed, **options)
         await b.set(key, "from-b")  # after A's write, in Redis and in its announcement
         await until(lambda: a.invalidator.stats.applied >= expected, what="B's invalidation at A")
         return written
 
-    a._write_redis = overtaken
+    a.store.write = overtaken
     await a.set("k", "from-a")
-    del a._write_redis
-    assert (await a.read("k"))[1] == "from-b"
+    del a.store.write
+    assert (await a.entry("k")).value == "from-b"
     assert await a.get("k") == "from-b"
 
 
@@ -510,7 +510,7 @@ async def test_streams_after_a_reconnect_replay_or_flush_when_trimmed(private_bi
             else:
                 await a.set("k", "v1")
                 assert await b.get("k") == "v1"
-            inv, stream = b.invalidator, b.invalidator.stream(b)
+            inv, stream = b.invalidator, b.keyspace.stream
             names = inv.connection_names()
             await until(lambda: connected(base, names), what="the stream reader's connection")
             gate = gate_reconnect(inv)
@@ -582,10 +582,20 @@ async def test_tracking_is_registered_on_the_connection_that_listens(instances, 
 # --- configuration and closing ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["pubsub", "streams", "tracking", PubSubInvalidator()])
-def test_an_invalidator_without_a_near_cache_is_a_configuration_error(fake_redis, spec):
-    with pytest.raises(ConfigurationError, match="near=NearCache"):
-        Cache(fake_redis, namespace="x", ttl=60, invalidation=spec)
+@pytest.mark.parametrize("mode", ["pubsub", "streams"])
+async def test_a_cache_without_a_near_cache_announces_its_writes_and_listens_to_none(
+    instances, real_redis, namespace, mode
+):
+    """A writer service keeps no L1, but the readers' L1s must still hear of its writes."""
+    _a, b = instances.pair(mode)
+    writer = Cache(real_redis, namespace=namespace, ttl=60, invalidation=mode)
+    await writer.set("k", "v1")
+    assert await b.get("k") == "v1"
+    await writer.set("k", "v2")
+    await until(lambda: b.invalidator.stats.applied >= 1, what="B's invalidation")
+    assert await b.get("k") == "v2"
+    assert not writer.invalidator.running  # it announces; it has nothing to keep true
+    assert writer.invalidator.stats.sent == 2
 
 
 @pytest.mark.parametrize("spec", ["pub-sub", "redis", 42])
@@ -619,7 +629,7 @@ async def test_streams_writes_are_trimmed_to_about_maxlen(instances, real_redis)
     a = instances.cache(StreamInvalidator(maxlen=5))
     for i in range(300):
         await a.set(f"k{i}", i)
-    length = await real_redis.xlen(a.invalidator.stream(a))
+    length = await real_redis.xlen(a.keyspace.stream)
     assert length < 300  # MAXLEN ~ trims whole nodes: about 5, never all 300
     assert a.invalidator.stats.sent == 300
 

@@ -17,6 +17,7 @@ from cachelab.experiments import (
     measure_invalidation_latency,
     plot_latency_distribution,
 )
+from cachelab.store import Announce
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +68,11 @@ async def test_tracking_on_fakeredis_says_it_needs_a_real_server(fake_redis, nam
 
 
 async def test_a_lost_invalidation_times_out_with_a_clear_error(fake_redis, namespace, monkeypatch):
-    async def silent(self, key):
+    def lost(self, keys, key):
         self.stats.sent += 1
+        return Announce(channel=f"{keys.namespace}:nobody-listens", message="lost")
 
-    monkeypatch.setattr(PubSubInvalidator, "announce", silent)
+    monkeypatch.setattr(PubSubInvalidator, "announcement", lost)
     with pytest.raises(ExperimentError, match="no invalidation reached the reader"):
         await measure_invalidation_latency(
             fake_redis, "pubsub", 3, timeout_s=0.2, namespace=namespace

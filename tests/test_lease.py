@@ -12,7 +12,7 @@ import pytest
 import cachelab
 from cachelab import Cache, ConfigurationError, Lookup, Outcome
 from cachelab.errors import LockTimeoutError
-from cachelab.policies import Lease
+from cachelab.herd import Lease
 from cachelab.testing import Gate
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
@@ -89,7 +89,7 @@ async def test_cold_key_with_many_callers_on_four_clients_loads_once(clients, na
     assert Counter(r.outcome for r in results) == {Outcome.LOAD: 1, Outcome.SHARED: 99}
     assert all(r.value == {"v": 1} for r in results)
     # the fill consumed the lease
-    assert not await caches[0].redis.exists(caches[0].helper_key(KEY, "lease"))
+    assert not await caches[0].redis.exists(caches[0].keyspace.helper(KEY, "lease"))
 
 
 async def test_a_lease_whose_key_was_deleted_during_the_load_cannot_fill(clients, namespace):
@@ -97,7 +97,7 @@ async def test_a_lease_whose_key_was_deleted_during_the_load_cannot_fill(clients
     loader = CountingLoader("old row").gated()
     task = asyncio.create_task(mine.lookup(KEY, loader))
     await asyncio.wait_for(loader.started.wait(), 5)
-    assert await mine.redis.exists(mine.helper_key(KEY, "lease"))  # the holder's lease
+    assert await mine.redis.exists(mine.keyspace.helper(KEY, "lease"))  # the holder's lease
 
     await theirs.delete(KEY)  # the row changed: invalidate (and revoke the lease)
     loader.release.set()
@@ -166,7 +166,7 @@ async def test_without_a_stale_window_readers_wait_for_the_reload(clients, names
     caches = caches_on(clients(4), namespace, keep_stale_s=0)
     assert (await caches[0].lookup(KEY, CountingLoader("v1"))).outcome is Outcome.LOAD
     await caches[1].delete(KEY)
-    assert not await caches[0].redis.exists(caches[0].helper_key(KEY, "stale"))
+    assert not await caches[0].redis.exists(caches[0].keyspace.helper(KEY, "stale"))
 
     reload = CountingLoader("v2", delay=0.2)
     results = await asyncio.wait_for(
@@ -223,4 +223,4 @@ async def test_a_failed_filler_gives_its_lease_back(clients, namespace):
         await first
     assert value == "fresh" and second.calls == 1
     assert time.monotonic() - started < 5.0  # well before the 10 s lease would have expired
-    assert await other.redis.exists(other.helper_key(KEY, "lease")) == 0
+    assert await other.redis.exists(other.keyspace.helper(KEY, "lease")) == 0

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 import cachelab
-from cachelab import Cache, ConfigurationError, Lookup, Outcome, envelope
+from cachelab import Cache, ConfigurationError, Lookup, Outcome
 from cachelab.refresh import (
     RefreshPolicy,
     StaleWhileRevalidate,
@@ -117,7 +117,7 @@ def test_swr_is_fresh_before_the_soft_expiry_and_stale_after():
     assert policy.verdict(entry(10, expires_in=5, soft_in=0.0), NOW) is Verdict.STALE
     assert policy.verdict(entry(10, expires_in=5, soft_in=-0.5), NOW) is Verdict.STALE
     assert policy.verdict(entry(10, expires_in=5, soft_in=None), NOW) is Verdict.FRESH
-    assert policy.soft_ttl(5) == 1.0
+    assert policy.soft_ttl_s == 1.0
 
 
 @pytest.mark.parametrize("soft", [0, -1, True, "1", None, float("nan")])
@@ -167,16 +167,22 @@ async def test_swr_serves_stale_and_refreshes_once_in_the_background(real_redis,
     assert cache.stats.background_refreshes == 1
     assert cache.stats.stale == 50
     assert await cache.lookup(KEY, loader) == Lookup("v2", Outcome.HIT)
-    assert not await real_redis.exists(cache.helper_key(KEY, "lock"))  # released
+    assert not await real_redis.exists(cache.keyspace.helper(KEY, "lock"))  # released
 
 
 @pytest.mark.redis
-async def test_swr_refreshes_once_across_two_instances(real_redis, namespace):
+@pytest.mark.parametrize(("policy", "refreshes"), [("local", 2), ("distributed", 1), ("lease", 1)])
+async def test_swr_refreshes_through_the_herd_policy_across_two_instances(
+    real_redis, namespace, policy, refreshes
+):
+    """The background refresh goes through the herd policy: one per process under ``local``,
+    one across every process under ``distributed`` (its lock) and ``lease`` (a lease)."""
     other = cachelab.clone_client(real_redis)
     try:
         swr = StaleWhileRevalidate(0.2)
         caches = [
-            Cache(client, namespace=namespace, ttl=5, refresh=swr) for client in (real_redis, other)
+            Cache(client, namespace=namespace, ttl=5, refresh=swr, policy=policy)
+            for client in (real_redis, other)
         ]
         loader = Versions(delay=0.2)
         assert (await caches[0].lookup(KEY, loader)).outcome is Outcome.LOAD
@@ -185,9 +191,10 @@ async def test_swr_refreshes_once_across_two_instances(real_redis, namespace):
         assert all(r == Lookup("v1", Outcome.STALE) for r in results)
         for cache in caches:
             await cache.aclose()
-        assert loader.calls == 2  # one background refresh across both instances
-        assert sum(c.stats.background_refreshes for c in caches) == 1
-        assert [await c.lookup(KEY, loader) for c in caches] == [Lookup("v2", Outcome.HIT)] * 2
+        assert loader.calls == 1 + refreshes
+        assert sum(c.stats.background_refreshes for c in caches) == refreshes
+        newest = f"v{1 + refreshes}"
+        assert [await c.lookup(KEY, loader) for c in caches] == [Lookup(newest, Outcome.HIT)] * 2
     finally:
         await other.aclose()
 
@@ -227,9 +234,8 @@ async def store_entry(cache: Cache, value, *, load_ms: float, expires_in: float)
 
     The Redis TTL stays long, so only the refresh policy's view of the expiry matters.
     """
-    data = envelope.pack(
-        cache.serializer.dumps(value), load_ms=load_ms, expires_at=time.time() + expires_in
-    )
+    header = b"cl1 d=%.3f x=%.3f\n" % (load_ms, time.time() + expires_in)
+    data = header + cache.codec.payload(value)
     await cache.redis.set(cache.redis_key(KEY), data, px=60_000)
 
 
@@ -246,7 +252,7 @@ async def test_xfetch_makes_some_callers_refresh_early(make_cache):
     assert loader.calls == refreshed == cache.stats.refreshes  # no protection: each one loads
     assert all(r.value == "old" for r in results if r.outcome is Outcome.HIT)
     # the refreshed entry carries the measured recompute time (~100 ms) and a new expiry
-    stored = await cache.read_entry(KEY)
+    stored = await cache.entry(KEY)
     assert stored.value.startswith("v")
     assert 50 <= stored.load_ms < 1000
     assert stored.expires_at > time.time() + 50

@@ -396,7 +396,11 @@ async def test_open_breaker_keeps_calls_off_redis_until_a_probe_closes_it(
 
 
 @pytest.mark.redis
-async def test_half_open_breaker_sends_one_probe_while_the_others_bypass(server, client, namespace):
+async def test_half_open_breaker_sends_one_probe_command_while_the_others_bypass(
+    server, client, namespace
+):
+    """The probe is one command: while it is in flight the others bypass Redis; once it has
+    answered, the breaker is closed, whatever the probing lookup does next (here: a load)."""
     clock = FakeClock()
     breaker = CircuitBreaker(failures=1, reset_after=1.0, clock=clock)
     cache = Cache(client, namespace=namespace, ttl=60, on_redis_error="open", breaker=breaker)
@@ -406,22 +410,27 @@ async def test_half_open_breaker_sends_one_probe_while_the_others_bypass(server,
     await asyncio.to_thread(server.restart)
     clock.now += 1.0
     commands = CommandCounter(client)
-    release = asyncio.Event()
+    answer = asyncio.Event()
+    send = client.execute_command
 
-    async def slow():
-        await release.wait()
-        return "probed"
+    held = []
 
-    probe = asyncio.create_task(cache.lookup("p", slow))
+    async def held_first(*args, **options):
+        if not held:  # the first command is the probe: its answer waits for the test
+            held.append(args[0])
+            await answer.wait()
+        return await send(*args, **options)
+
+    client.execute_command = held_first
+    probe = asyncio.create_task(cache.lookup("p", _value("probed")))
     await until(lambda: breaker.statistics().probes == 1)
-    sent = commands.calls  # the probe's GET
     others = [await cache.lookup(f"q{i}", _value(i)) for i in range(3)]
     assert [o.outcome for o in others] == [Outcome.BYPASS] * 3
-    assert commands.calls == sent  # nobody but the probe talks to Redis
-    release.set()
+    assert commands.calls == 0 and held == ["MGET"]  # nobody but the probe talks to Redis
+    answer.set()
     assert await probe == Lookup("probed", Outcome.LOAD)
     assert breaker.state == "closed"
-    assert (await cache.lookup("p", slow)).outcome is Outcome.HIT
+    assert (await cache.lookup("p", _value("again"))).outcome is Outcome.HIT
 
 
 def _value(value):

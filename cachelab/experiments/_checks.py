@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from ..policies import herd_policy
+from ..herd import herd_policy
 
 __all__ = ["known_policy", "positive"]
 

@@ -28,14 +28,14 @@ from redis.exceptions import RedisError
 from ..cache import Cache
 from ..connection import clone_client, connect
 from ..errors import ConfigurationError
-from ..invalidation import (
+from ..l1 import (
     Invalidator,
+    NearCache,
     PubSubInvalidator,
     StreamInvalidator,
     TrackingInvalidator,
     kill_connections,
 )
-from ..near_cache import NearCache
 from ..tasks import cancel_all
 from ..testing import SlowBackend
 from .traffic import drive_poisson

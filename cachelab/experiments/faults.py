@@ -31,9 +31,9 @@ from redis.exceptions import RedisError
 from ..cache import Cache
 from ..connection import clone_client, connect, portable_spec
 from ..errors import ConfigurationError
+from ..herd import Distributed
 from ..instances import expect, start_worker, stop
 from ..metrics import Outcome
-from ..policies import Distributed
 from ..tasks import cancel_all
 from ..testing import SlowBackend
 

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from ..cache import Cache
 from ..connection import clone_client, connect
+from ..herd import HerdPolicy
 from ..metrics import Outcome
 from ..testing import SlowBackend
 from ._checks import known_policy, positive
@@ -57,7 +58,7 @@ async def run_hot_key_writes(
     duration: float = 4.0,
     loader_ms: float = 50.0,
     instances: int = 4,
-    policy: str = "local",
+    policy: str | HerdPolicy = "local",
     *,
     redis: aioredis.Redis | None = None,
     seed: int | None = None,
@@ -105,7 +106,7 @@ async def run_hot_key_writes(
             invalidated["version"] = version
 
     try:
-        await caches[0].load_and_store(key, loader)  # warm
+        await caches[0].refresh(key, loader)  # warm
         backend.log.clear()
         backend.calls = 0
         start = time.perf_counter()
@@ -126,7 +127,7 @@ async def run_hot_key_writes(
     outdated = requests["version"] < requests["invalidated_version"]
     stale_after = outdated & (requests["outcome"] != Outcome.STALE)
     summary = {
-        "policy": policy,
+        "policy": policy if isinstance(policy, str) else repr(policy),
         "rate": rate,
         "writes_per_s": writes_per_s,
         "instances": instances,
@@ -149,7 +150,7 @@ async def run_mass_expiry(
     rate: float = 800.0,
     duration: float = 2.5,
     loader_ms: float = 30.0,
-    policy: str = "local",
+    policy: str | HerdPolicy = "local",
     *,
     redis: aioredis.Redis | None = None,
     seed: int | None = None,
@@ -190,7 +191,7 @@ async def run_mass_expiry(
     calls = backend.calls_frame(origin=start)
     per_second = backend_rate(calls, duration, bucket_ms)
     summary = {
-        "policy": policy,
+        "policy": policy if isinstance(policy, str) else repr(policy),
         "keys": keys,
         "ttl": ttl,
         "jitter": jitter,

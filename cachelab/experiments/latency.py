@@ -27,8 +27,7 @@ import redis.asyncio as aioredis
 from ..cache import Cache
 from ..connection import clone_client
 from ..errors import ConfigurationError, ExperimentError
-from ..invalidation import INVALIDATORS, StreamInvalidator
-from ..near_cache import NearCache
+from ..l1 import INVALIDATORS, NearCache, StreamInvalidator
 
 __all__ = ["LATENCY_COLUMNS", "measure_invalidation_latency"]
 
@@ -121,6 +120,6 @@ async def measure_invalidation_latency(
             await cache.aclose()
         await writer.clear()
         if isinstance(writer.invalidator, StreamInvalidator):
-            await clients[0].delete(writer.invalidator.stream(writer))
+            await clients[0].delete(writer.keyspace.stream)
         await asyncio.gather(*(c.aclose() for c in clients))
     return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
