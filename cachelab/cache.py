@@ -19,12 +19,10 @@ with or without early refresh, and an experiment compares them by changing one a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -56,8 +54,7 @@ _IMMUTABLE = (str, int, float, bool, type(None))
 """Values the near cache may hand out as they are; anything else it decodes afresh per hit."""
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup(Generic[T]):
+class Lookup(NamedTuple, Generic[T]):
     """A value and how the cache obtained it (see :class:`~cachelab.Outcome`)."""
 
     value: T
@@ -99,6 +96,11 @@ class Cache:
     repeated failures, so an outage costs no timeout per request, and probes with one command at
     a time until Redis is back. A loader's own errors never count as an outage.
 
+    ``batching`` (on by default) sends the reads that concurrent lookups issue in one event-loop
+    tick as one MGET: the Python client, not Redis, limits how many reads a process can make,
+    and a batch costs it about what one read does. ``batching=False`` sends one MGET per read
+    (to measure the difference).
+
     A cache that refreshes in the background owns tasks: close it with ``await cache.aclose()``
     (or use ``async with``), which waits for them.
     """
@@ -118,6 +120,7 @@ class Cache:
         invalidation: str | Invalidator | None = None,
         on_redis_error: str = "closed",
         breaker: CircuitBreaker | str | None = "default",
+        batching: bool = True,
     ) -> None:
         self.keyspace = KeySpace(namespace)
         ttl = check_ttl(ttl)
@@ -161,8 +164,15 @@ class Cache:
             soft_ttl=self.refresh_policy.soft_ttl_s,
             max_value_bytes=max_value_bytes,
         )
+        if not isinstance(batching, bool):
+            raise ConfigurationError(f"batching must be True or False, got {batching!r}")
         self.store = RedisStore(
-            redis, self.keyspace, self.codec, breaker=breaker, stats=(stats := Stats())
+            redis,
+            self.keyspace,
+            self.codec,
+            breaker=breaker,
+            stats=(stats := Stats()),
+            batching=batching,
         )
         self.stats = stats
         self.policy = herd_policy(policy).bind(self.store)
@@ -252,7 +262,7 @@ class Cache:
         """What is cached for ``key``: value, load time, expiry, soft expiry and fence (the key's
         version), or None. Counts nothing and loads nothing: for looking inside the cache."""
         read = await self.store.read(key)
-        return None if read.entry is None else dataclasses.replace(read.entry, fence=read.fence)
+        return None if read.entry is None else read.entry._replace(fence=read.fence)
 
     async def ttl_of(self, key: str) -> float | None:
         """Seconds until ``key`` expires, or None when it is not cached."""
@@ -592,7 +602,8 @@ class _Attempt:
 
 
 def _check_loader(loader: object) -> None:
-    if not callable(loader) or inspect.isasyncgenfunction(loader):
+    code = getattr(loader, "__code__", None)  # inspect.isasyncgenfunction, without its cost
+    if not callable(loader) or (code is not None and code.co_flags & inspect.CO_ASYNC_GENERATOR):
         called = inspect.isawaitable(loader)
         raise ConfigurationError(
             f"loader must be an async callable taking no arguments, got {loader!r}; "

@@ -35,6 +35,8 @@ def check_namespace(namespace: object) -> str:
 
 
 def _encodable(text: str) -> bool:
+    if text.isascii():  # the common case, checked in C
+        return True
     try:
         text.encode()
     except UnicodeEncodeError:  # a lone surrogate, e.g. from a badly decoded file name

@@ -27,6 +27,7 @@ the stream is a key of another slot: there the XADD follows as a second command.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import weakref
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,9 @@ __all__ = [
     "Guard",
     "LockCommands",
     "Read",
+    "ReadBatcher",
     "RedisStore",
+    "ScriptBatcher",
     "is_pool_busy",
 ]
 
@@ -260,7 +263,7 @@ class Guard:
             try:
                 return await command(*args, **kw)
             except Exception as exc:
-                raise self._translate(exc) from exc
+                raise self.translate(exc) from exc
         permit = breaker.allow()
         if permit is None:
             self.stats.breaker_rejected += 1
@@ -268,7 +271,7 @@ class Guard:
         try:
             result = await command(*args, **kw)
         except Exception as exc:
-            translated = self._translate(exc, permit)
+            translated = self.translate(exc, permit)
             raise translated from exc
         except BaseException:  # cancelled: no verdict on Redis
             breaker.release(permit)
@@ -276,7 +279,8 @@ class Guard:
         breaker.success(permit)
         return result
 
-    def _translate(self, exc: Exception, permit: Permit | None = None) -> Exception:
+    def translate(self, exc: Exception, permit: Permit | None = None) -> Exception:
+        """The cachelab error for a failed command (settling ``permit`` with the breaker)."""
         breaker = self.breaker
         if isinstance(exc, _REFUSED):
             if permit is not None:
@@ -400,6 +404,153 @@ class LockCommands:
         return bool(await self.guard(self._extend, keys=[lock], args=[token, ms]))
 
 
+# --- what coroutines send in one event-loop tick travels together ------------------------------
+
+
+class _TickBatcher:
+    """Collects what coroutines send during one event-loop tick and sends it together.
+
+    A Python client spends far more time per command than Redis does (parsing, the event loop,
+    the pool): with fifty coroutines busy, the client, not the server, is the bottleneck. So a
+    request that arrives while another one is on its way waits for the end of the current tick
+    and goes out with the others (DataLoader's trick, ioredis's auto-pipelining): one round trip,
+    one reply to parse. A request that finds nothing else in flight goes out at once, so a lone
+    caller pays nothing for batching. Each caller gets its own answer, or its own error (the
+    batch's, if the batch as a whole failed); a caller that is cancelled leaves the batch to the
+    others. A batch holds at most ``max_batch`` requests; more wait for the next round.
+    """
+
+    def __init__(self, guard: Callable[..., Awaitable[Any]], max_batch: int) -> None:
+        self._guard = guard
+        self._max = max_batch
+        self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._sending = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        """How many sends carried more than one request (how much batching helped)."""
+
+    async def _submit(self, request: Any) -> Any:
+        if not self._sending and not self._queue:
+            self._sending += 1  # alone: send now; whoever comes meanwhile is batched
+            try:
+                return await self._send_one(request)
+            finally:
+                self._sending -= 1
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((request, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(queue), self._max):
+            task = loop.create_task(self._send_batch(queue[start : start + self._max]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_batch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        self._sending += 1
+        self.batches += len(batch) > 1
+        try:
+            answers = await self._send_many([request for request, _future in batch])
+        except BaseException as exc:  # the batch as a whole failed: every caller hears it
+            for _request, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_request, future), answer in zip(batch, answers, strict=True):
+                if future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+        finally:
+            self._sending -= 1
+
+    async def _send_one(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def _send_many(self, requests: list[Any]) -> list[Any]:
+        """One answer (or exception) per request, in order."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Let the batches on their way finish."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class ReadBatcher(_TickBatcher):
+    """Reads of value keys (with their fences) in one tick become one MGET (on a Redis Cluster,
+    one per hash slot); the same key read twice in a batch is read once."""
+
+    def __init__(self, redis: aioredis.Redis, guard: Guard, *, cluster: bool = False) -> None:
+        super().__init__(guard, max_batch=256)
+        self._mget = redis.mget_nonatomic if cluster else redis.mget
+
+    async def read(self, value: str) -> tuple[Any, Any]:
+        """``(stored bytes, fence bytes)`` of the value key ``value`` (None when missing)."""
+        return await self._submit(value)
+
+    async def _send_one(self, value: str) -> tuple[Any, Any]:
+        raw, fence = await self._guard(self._mget, value, value + ":fence")
+        return raw, fence
+
+    async def _send_many(self, values: list[str]) -> list[tuple[Any, Any]]:
+        keys: list[str] = []
+        where: dict[str, int] = {}
+        for value in values:
+            if value not in where:
+                where[value] = len(keys)
+                keys += (value, value + ":fence")
+        reply = await self._guard(self._mget, *keys)
+        return [(reply[where[v]], reply[where[v] + 1]) for v in values]
+
+
+class ScriptBatcher(_TickBatcher):
+    """Script calls (fills, writes, leases) in one tick become one pipeline of EVALSHAs. Order
+    is kept: Redis runs them as they were issued. A script the server has forgotten (NOSCRIPT,
+    after a restart or SCRIPT FLUSH) is sent again on its own, which loads it."""
+
+    def __init__(self, redis: aioredis.Redis, guard: Guard) -> None:
+        super().__init__(guard, max_batch=128)
+        self._redis = redis
+        self._translate = guard.translate
+
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._submit((script, keys, args))
+
+    async def _send_one(self, request: tuple[Any, list[str], list[Any]]) -> Any:
+        script, keys, args = request
+        return await self._guard(script, keys=keys, args=args)
+
+    async def _send_many(self, requests: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for script, keys, args in requests:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = await self._guard(pipe.execute, raise_on_error=False)
+        answers: list[Any] = []
+        for request, reply in zip(requests, replies, strict=True):
+            if isinstance(reply, redis_errors.NoScriptError):
+                try:
+                    reply = await self._send_one(request)
+                except Exception as exc:
+                    reply = exc
+            elif isinstance(reply, Exception):
+                reply = self._translate(reply)
+            answers.append(reply)
+        return answers
+
+
 # --- the cache's store --------------------------------------------------------------------------
 
 
@@ -438,6 +589,7 @@ class RedisStore:
         *,
         breaker: CircuitBreaker | None,
         stats: Stats,
+        batching: bool = True,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -445,6 +597,9 @@ class RedisStore:
         self.stats = stats
         self.guard = Guard(redis, keys.namespace, breaker, stats)
         self.cluster = is_cluster(redis)
+        self.reads = ReadBatcher(redis, self.guard, cluster=self.cluster) if batching else None
+        # redis-py's cluster pipeline does not carry EVALSHA across slots: scripts go one by one
+        self.scripts = ScriptBatcher(redis, self.guard) if batching and not self.cluster else None
         self._fill = redis.register_script(FILL)
         self._write = redis.register_script(WRITE)
         self._lease = redis.register_script(LEASE)
@@ -464,7 +619,11 @@ class RedisStore:
         return self._locks
 
     async def aclose(self) -> None:
-        """Close the keep-alive connection (the cache's client stays open)."""
+        """Let batches on their way finish and close the keep-alive connection (the cache's
+        client stays open)."""
+        for batcher in (self.reads, self.scripts):
+            if batcher is not None:
+                await batcher.aclose()
         control, self._control, self._locks = self._control, None, None
         if control is not None:
             await control.aclose()
@@ -472,9 +631,13 @@ class RedisStore:
     # --- reads ------------------------------------------------------------------------------
 
     async def read(self, key: str) -> Read:
-        """The key's entry and fence, in one round trip (MGET: both share a hash slot)."""
+        """The key's entry and fence, in one round trip (MGET: both share a hash slot), batched
+        with the reads other coroutines issue in the same tick."""
         value = self.keys.value(key)
-        raw, fence = await self.guard(self.redis.mget, value, value + ":fence")
+        if self.reads is not None:
+            raw, fence = await self.reads.read(value)
+        else:
+            raw, fence = await self.guard(self.redis.mget, value, value + ":fence")
         return self._read(raw, fence)
 
     def _read(self, raw: bytes | None, fence: bytes | None) -> Read:
@@ -486,6 +649,11 @@ class RedisStore:
             self.stats.corrupt += 1
             return Read(None, number, raw)
         return Read(entry, number)
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self.scripts is not None:
+            return await self.scripts.call(script, keys, args)
+        return await self.guard(script, keys=keys, args=args)
 
     def decode(self, raw: bytes) -> Entry | None:
         """An entry that arrived some other way (a lock holder's message); None if unreadable."""
@@ -506,7 +674,7 @@ class RedisStore:
         value = self.keys.value(key)
         keys = [value, value + ":fence", value + ":lease"]
         args = [packed.data, packed.px, "" if token is None else token]
-        stored = await self.guard(self._fill, keys=keys, args=args)
+        stored = await self._script(self._fill, keys, args)
         if not stored:
             self.stats.rejected += 1
         return bool(stored)
@@ -520,7 +688,7 @@ class RedisStore:
         keys = [value, value + ":fence", value + ":lease", lock]
         args = [packed.data, packed.px, "" if token is None else token, lock_token]
         args.append(value + ":filled")
-        stored = await self.guard(self._fill_and_release, keys=keys, args=args)
+        stored = await self._script(self._fill_and_release, keys, args)
         if not stored:
             self.stats.rejected += 1
         return bool(stored)
@@ -532,12 +700,12 @@ class RedisStore:
         value = self.keys.value(key)
         keys = [value, value + ":fence", value + ":lease", value + ":stale"]
         args = [lease_ms, FENCE_TTL_MS, unreadable, "1" if refresh else ""]
-        reply = await self.guard(self._lease, keys=keys, args=args)
+        reply = await self._script(self._lease, keys, args)
         return int(reply[0]), reply[1], reply[2] if len(reply) > 2 else None
 
     async def give_back(self, key: str, token: int) -> None:
         """A failed lease holder returns its lease, so others need not wait out its TTL."""
-        await self.guard(self._give_back, keys=[self.keys.helper(key, "lease")], args=[token])
+        await self._script(self._give_back, [self.keys.helper(key, "lease")], [token])
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -564,7 +732,7 @@ class RedisStore:
                 else:
                     keys.append(announce.stream)
                     args[6], args[8] = announce.maxlen, announce.sender
-        changed, fence = await self.guard(self._write, keys=keys, args=args)
+        changed, fence = await self._script(self._write, keys, args)
         if separate_xadd:
             await self.guard(
                 self.redis.xadd,
