@@ -233,14 +233,15 @@ async def masters(client: RedisCluster) -> int:
 
 
 def node_pool(
-    client: RedisCluster, *, client_name: str, **overrides: Any
+    client: RedisCluster, *, client_name: str, key: str | None = None, **overrides: Any
 ) -> aioredis.ConnectionPool:
-    """A one-connection pool to one node of the cluster (the default node), for pub/sub.
+    """A one-connection pool to one node of the cluster, for listening: the node that serves
+    ``key`` (a stream read with XREAD), else the default node (pub/sub reaches every node).
 
-    Pub/sub waits for messages indefinitely, so the connection has no read timeout. The cluster's
-    own client keeps no such connection: a subscribed connection can do nothing else.
+    Listening waits indefinitely, so the connection has no read timeout. The cluster's own client
+    keeps no such connection: a subscribed connection can do nothing else.
     """
-    node = client.get_default_node()
+    node = client.get_node_from_key(key) if key is not None else client.get_default_node()
     if node is None:  # not discovered yet: any startup node will do
         node = next(iter(client.nodes_manager.startup_nodes.values()))
     kwargs = {**node.connection_kwargs, "client_name": client_name, "socket_timeout": None}

@@ -519,7 +519,9 @@ def clone_client(
 _POOL_INTERNALS = ("maint_notifications", "orig_", "himport_registry", "retry_on_timeout")
 
 
-def listener_client(redis: aioredis.Redis, client_name: str, **overrides: object) -> aioredis.Redis:
+def listener_client(
+    redis: aioredis.Redis, client_name: str, *, key: str | None = None, **overrides: object
+) -> aioredis.Redis:
     """A one-connection client for listening (pub/sub, blocking stream reads), named
     ``client_name`` in CLIENT LIST, on the same server as ``redis`` (on a cluster: one node).
 
@@ -527,7 +529,8 @@ def listener_client(redis: aioredis.Redis, client_name: str, **overrides: object
     never retries silently (redis-py's defaults reconnect and resubscribe inside the read), and it
     has no read timeout (waiting for a message is its normal state), whatever client the user
     passed. The connect timeout, password, TLS and database of ``redis`` are kept; ``overrides``
-    change other connection settings (e.g. ``protocol=2``).
+    change other connection settings (e.g. ``protocol=2``). On a cluster it connects to the node
+    that serves ``key`` (give it the key the listener reads), else to the default node.
     """
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -539,7 +542,7 @@ def listener_client(redis: aioredis.Redis, client_name: str, **overrides: object
         **overrides,
     }
     if cluster.is_cluster(redis):
-        pool = cluster.node_pool(redis, client_name=client_name, **quiet)
+        pool = cluster.node_pool(redis, client_name=client_name, key=key, **quiet)
     else:
         base = redis.connection_pool
         kwargs = {

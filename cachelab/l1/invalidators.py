@@ -235,7 +235,7 @@ class StreamInvalidator(Invalidator):
         await super().start(redis, keys, on_invalidate, on_flush)
         newest = await redis.xrevrange(keys.stream, count=1)
         self.last_id = newest[0][0].decode() if newest else "0-0"  # start after what exists
-        self._reader = listener_client(redis, self.connection_names()[0])
+        self._reader = listener_client(redis, self.connection_names()[0], key=keys.stream)
         await self._reader.ping()  # connected now: a first XREAD cannot fail unseen
         self._task = asyncio.create_task(
             self._follow(keys.stream), name="cachelab-stream-invalidator"
