@@ -34,7 +34,6 @@ import ctypes.util
 import importlib
 import importlib.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -46,11 +45,10 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import fakeredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import parse_url
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
@@ -59,9 +57,9 @@ from ._checks import positive_seconds
 from .errors import (
     AuthenticationError,
     ConfigurationError,
-    InvalidURLError,
     RedisUnavailableError,
 )
+from .urls import redact_url, scrub, validate_url
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -93,7 +91,6 @@ longest blocking read cachelab makes (``StreamInvalidator`` blocks 1 s per XREAD
 
 SourceKind = Literal["url", "env", "local", "embedded", "fakeredis"]
 
-_SCHEMES = ("redis", "rediss", "unix")
 _sources: weakref.WeakKeyDictionary[aioredis.Redis, RedisSource] = weakref.WeakKeyDictionary()
 
 
@@ -123,70 +120,6 @@ class RedisSource:
     def is_real_server(self) -> bool:
         """False for fakeredis, whose timings say nothing about a real Redis."""
         return self.kind != "fakeredis"
-
-
-# --- URLs -------------------------------------------------------------------------------------
-
-_USERINFO = re.compile(r"((?:^|//)[^/@:]*):([^/@]*)@")
-_QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.I)
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
-    if "://" not in url:  # e.g. "user:pw@host:6379": urlsplit would not see the password
-        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
-    try:
-        parts = urlsplit(url)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if parts.password is None and not any(k.lower() == "password" for k, _ in pairs):
-            return url  # nothing to hide: leave the URL exactly as it was given
-        netloc = parts.netloc
-        if parts.password is not None:
-            host = netloc.rsplit("@", 1)[1]
-            netloc = f"{parts.username or ''}:***@{host}"
-        query = urlencode(
-            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the password of ``url`` from ``text`` (error messages from the driver)."""
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
-    return text
-
-
-def _validate_url(url: str) -> None:
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidURLError(
-            f"a Redis URL must be a non-empty string, got {url!r}; "
-            "use e.g. redis://127.0.0.1:6379/0"
-        )
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in _SCHEMES:
-        raise InvalidURLError(
-            f"{redact_url(url)} is not a Redis URL (scheme {scheme or 'missing'!r}); use "
-            "redis://[[user]:password@]host[:port][/db], rediss:// for TLS, unix:///path/to.sock, "
-            "redis+cluster://host:port,host:port for a Redis Cluster, "
-            "or embedded:// / fakeredis:// to have cachelab provide one"
-        )
-    try:
-        parse_url(url)
-        parts = urlsplit(url)
-        if scheme != "unix":
-            _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
-            if not parts.hostname:
-                raise ValueError("no host name")
-    except ValueError as exc:
-        raise InvalidURLError(
-            f"{redact_url(url)} is not a valid Redis URL: {_scrub(str(exc), url)}; "
-            "expected redis://[[user]:password@]host[:port][/db]"
-        ) from None
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -249,7 +182,7 @@ async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redi
         await client.aclose()
         origin = "REDIS_URL" if kind == "env" else "the url you passed"
         fix = "unset REDIS_URL" if kind == "env" else "leave the url out"
-        reason = _scrub(str(exc) or type(exc).__name__, url).rstrip(". ")
+        reason = scrub(str(exc) or type(exc).__name__, url).rstrip(". ")
         if isinstance(exc, RedisAuthenticationError | NoPermissionError):
             raise AuthenticationError(
                 f"Redis at {redact_url(url)} (from {origin}) refused these credentials: {reason}. "
@@ -306,7 +239,7 @@ async def _open_cluster(
         origin = "REDIS_URL" if kind == "env" else "the url you passed"
         raise RedisUnavailableError(
             f"Redis Cluster at {redact_url(url)} (from {origin}) did not answer: "
-            f"{_scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
+            f"{scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
             "Check that the nodes run and the cluster is formed (CLUSTER INFO says "
             "cluster_state:ok), or fix the URL."
         ) from None
@@ -404,7 +337,7 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
             return await _open_embedded(pool, required=True)
         if special.split("://", 1)[0] in cluster.CLUSTER_SCHEMES:
             return await _open_cluster(named.strip(), kind, pool)
-        _validate_url(named)
+        validate_url(named)
         return await _open_named(named, kind, **pool)
 
     if await _local_server_answers(DEFAULT_LOCAL_URL):

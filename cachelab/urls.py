@@ -1,0 +1,86 @@
+"""Redis URLs: check them before connecting, and never show their passwords.
+
+Kept apart from :mod:`cachelab.connection` so that :mod:`cachelab.cluster` can use the same
+checks without importing the module that imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio.connection import parse_url
+
+from .errors import InvalidURLError
+
+__all__ = ["SCHEMES", "redact_url", "scrub", "validate_url"]
+
+SCHEMES = ("redis", "rediss", "unix")
+"""The schemes of one server; ``redis+cluster://`` and the special ``embedded://`` and
+``fakeredis://`` are handled by :func:`cachelab.connect` before a URL gets here."""
+
+_USERINFO = re.compile(r"((?:^|//)[^/@:]*):([^/@]*)@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
+    if "://" not in url:  # e.g. "user:pw@host:6379": urlsplit would not see the password
+        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
+    try:
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if parts.password is None and not any(k.lower() == "password" for k, _ in pairs):
+            return url  # nothing to hide: leave the URL exactly as it was given
+        netloc = parts.netloc
+        if parts.password is not None:
+            host = netloc.rsplit("@", 1)[1]
+            netloc = f"{parts.username or ''}:***@{host}"
+        query = urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove the password of ``url`` from ``text`` (error messages from the driver)."""
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        passwords = {parts.password, unquote(parts.password or "")}
+        passwords |= {v for k, v in parse_qsl(parts.query) if k.lower() == "password"}
+        for password in sorted(filter(None, passwords), key=len, reverse=True):
+            text = text.replace(password, "***")
+    return text
+
+
+def validate_url(url: str) -> None:
+    """Raise :class:`~cachelab.InvalidURLError` (password hidden) unless ``url`` names one
+    Redis server that redis-py can reach as written: a known scheme, a host, a numeric port."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidURLError(
+            f"a Redis URL must be a non-empty string, got {url!r}; "
+            "use e.g. redis://127.0.0.1:6379/0"
+        )
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        raise InvalidURLError(
+            f"{redact_url(url)} is not a Redis URL (scheme {scheme or 'missing'!r}); use "
+            "redis://[[user]:password@]host[:port][/db], rediss:// for TLS, unix:///path/to.sock, "
+            "redis+cluster://host:port,host:port for a Redis Cluster, "
+            "or embedded:// / fakeredis:// to have cachelab provide one"
+        )
+    expected = "expected redis://[[user]:password@]host[:port][/db]"
+    try:
+        parse_url(url)
+        parts = urlsplit(url)
+        if scheme != "unix":
+            _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+            if not parts.hostname:
+                raise ValueError("no host name")
+    except ValueError as exc:
+        raise InvalidURLError(
+            f"{redact_url(url)} is not a valid Redis URL: {scrub(str(exc), url)}; {expected}"
+        ) from None
