@@ -58,7 +58,8 @@ def scrub(text: str, url: str) -> str:
 
 def validate_url(url: str) -> None:
     """Raise :class:`~cachelab.InvalidURLError` (password hidden) unless ``url`` names one
-    Redis server that redis-py can reach as written: a known scheme, a host, a numeric port."""
+    Redis server that redis-py can reach as written: a known scheme, a host, a numeric port and
+    a database number (redis-py would quietly use database 0 for ``redis://host/abc``)."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidURLError(
             f"a Redis URL must be a non-empty string, got {url!r}; "
@@ -74,7 +75,7 @@ def validate_url(url: str) -> None:
         )
     expected = "expected redis://[[user]:password@]host[:port][/db]"
     try:
-        parse_url(url)
+        options = parse_url(url)
         parts = urlsplit(url)
         if scheme != "unix":
             _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
@@ -84,3 +85,10 @@ def validate_url(url: str) -> None:
         raise InvalidURLError(
             f"{redact_url(url)} is not a valid Redis URL: {scrub(str(exc), url)}; {expected}"
         ) from None
+    db = unquote(parts.path).strip("/") if scheme != "unix" else ""
+    if (db and not (db.isascii() and db.isdigit())) or options.get("db", 0) < 0:
+        shown = scrub(repr(db or options.get("db")), url)
+        raise InvalidURLError(
+            f"{redact_url(url)} names database {shown}, which is not a database number; "
+            "write the number after the port (redis://host:6379/0) or leave it out for 0"
+        )

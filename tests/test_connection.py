@@ -230,6 +230,24 @@ async def test_malformed_url_is_a_clear_error(url):
     assert isinstance(info.value, ConfigurationError)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",
+        f"redis://:{PASSWORD}@127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/-1",
+        "redis://127.0.0.1:6379/0/1",
+        "redis://127.0.0.1:6379?db=-1",
+    ],
+)
+async def test_a_database_that_is_not_a_number_is_refused_not_read_as_0(url):
+    """redis-py reads ``/abc`` as no database at all, so a typo would quietly use database 0."""
+    with pytest.raises(InvalidURLError, match="not a database number") as info:
+        await cachelab.connect(url, quiet=True)
+    assert PASSWORD not in str(info.value)
+    assert "redis://host:6379/0" in str(info.value)  # shows the fix
+
+
 async def test_bad_max_connections_is_rejected():
     with pytest.raises(ConfigurationError, match="max_connections"):
         await cachelab.connect("fakeredis://", max_connections=0, quiet=True)
