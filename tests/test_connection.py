@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -129,17 +130,49 @@ async def test_falls_back_to_fakeredis_without_a_binary(no_local, monkeypatch, s
     assert embedded.EmbeddedServer._shared is None
 
 
-def test_connect_announces_the_source_unless_quiet(capsys):
-    async def both():
-        loud = await cachelab.connect("fakeredis://")
-        quiet = await cachelab.connect("fakeredis://", quiet=True)
-        await loud.aclose()
-        await quiet.aclose()
+async def test_connect_logs_the_source_at_info_or_at_debug_when_quiet(caplog, capsys):
+    caplog.set_level(logging.DEBUG, logger="cachelab")
+    loud = await cachelab.connect("fakeredis://")
+    quiet = await cachelab.connect("fakeredis://", quiet=True)
+    await loud.aclose()
+    await quiet.aclose()
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    described = cachelab.source_of(loud).describe()
+    assert records == [
+        ("cachelab", logging.INFO, f"using {described}"),
+        ("cachelab", logging.DEBUG, f"using {described}"),
+    ]
+    assert capsys.readouterr().out == ""  # logging is configured (by pytest): nothing printed
 
-    asyncio.run(both())
-    printed = capsys.readouterr().out
-    assert printed.count("cachelab: using") == 1
-    assert "fakeredis" in printed
+
+ANNOUNCE_SCRIPT = """
+import asyncio, logging, sys
+import cachelab
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+
+async def main():
+    for quiet in (False, True):
+        await (await cachelab.connect("fakeredis://", quiet=quiet)).aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["unconfigured", "configured"])
+def test_without_logging_configured_the_source_is_printed(logging_setup):
+    """A notebook or a small script configures no logging: the line is printed there (once,
+    and not when quiet), and goes only to the log where the program has one."""
+    done = subprocess.run(
+        [sys.executable, "-c", ANNOUNCE_SCRIPT, logging_setup],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    if logging_setup == "unconfigured":
+        assert done.stdout.count("cachelab: using fakeredis") == 1, done.stdout
+        assert done.stderr == ""
+    else:
+        assert done.stdout == ""
+        assert done.stderr.count("cachelab using fakeredis") == 1, done.stderr
 
 
 @pytest.mark.redis

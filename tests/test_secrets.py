@@ -161,8 +161,8 @@ async def test_right_credentials_work_and_show_no_password(
     url = private_redis.url(user, password)
     client = await cachelab.connect(url)
     try:
-        printed = capsys.readouterr().out
-        assert f"at {private_redis.url(user, '***')} (the url you passed)" in printed
+        printed = capsys.readouterr().out + caplog.text
+        assert f"at {private_redis.url(user, '***')} (the url you passed)" in caplog.text
         assert await client.acl_whoami() == (user or "default")
 
         cache = Cache(client, namespace=f"secrets:{time.monotonic_ns()}", ttl=30)
@@ -298,7 +298,8 @@ def offline_server(monkeypatch):
     ("query", "verify"),
     [("", ssl.CERT_REQUIRED), ("?ssl_cert_reqs=none", ssl.CERT_NONE)],
 )
-async def test_rediss_urls_make_tls_connections(offline_server, capsys, query, verify):
+async def test_rediss_urls_make_tls_connections(offline_server, capsys, caplog, query, verify):
+    caplog.set_level(logging.INFO, logger="cachelab")
     url = f"rediss://alice:{ALICE_PW}@tls.example.invalid:6380/0{query}"
     client = await cachelab.connect(url)
     try:
@@ -309,8 +310,8 @@ async def test_rediss_urls_make_tls_connections(offline_server, capsys, query, v
         assert made.port == 6380
         assert made.ssl_context.cert_reqs == verify
         assert pool.connection_kwargs["password"] == ALICE_PW
-        printed = capsys.readouterr().out
-        assert "rediss://alice:***@tls.example.invalid:6380/0" in printed
+        printed = capsys.readouterr().out + caplog.text
+        assert "rediss://alice:***@tls.example.invalid:6380/0" in caplog.text
         assert_no_secret(printed, repr(client), repr(made), cachelab.source_of(client))
     finally:
         await client.aclose()
