@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -42,6 +43,47 @@ def no_local(monkeypatch):
     url = dead_url()
     monkeypatch.setattr(connection, "DEFAULT_LOCAL_URL", url)
     return url
+
+
+# --- a lean import ------------------------------------------------------------------------------
+
+HEAVY = (
+    "fakeredis",
+    "lupa",
+    "pandas",
+    "numpy",
+    "matplotlib",
+    "jupyter",
+    "IPython",
+    "typer",
+    "rich",
+)
+"""Top-level modules ``import cachelab`` must not load: each is for one use (the fakeredis
+fallback, experiments and their charts, the classroom, the CLI) and costs tenths of a second."""
+
+
+def modules_after(code: str) -> set[str]:
+    """The top-level modules loaded in a fresh interpreter after running ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.startswith(HEAVY))
+
+
+def test_import_cachelab_loads_no_heavy_module():
+    loaded = modules_after("import cachelab")
+    assert {"cachelab", "redis"} <= loaded  # the probe sees what was imported
+    assert heavy(loaded) == []
+
+
+def test_fakeredis_loads_when_it_is_used():
+    code = "import asyncio, cachelab\nasyncio.run(cachelab.connect('fakeredis://', quiet=True))"
+    assert "fakeredis" in modules_after(code)
 
 
 # --- resolution order -------------------------------------------------------------------------
