@@ -40,6 +40,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
@@ -58,6 +60,7 @@ __all__ = [
     "RedisSource",
     "clone_client",
     "connect",
+    "listener_client",
     "portable_spec",
     "redact_url",
     "server_label",
@@ -473,6 +476,45 @@ def clone_client(
     if client in _sources:
         _sources[clone] = _sources[client]
     return clone
+
+
+_POOL_INTERNALS = (
+    "retry", "retry_on_error", "retry_on_timeout", "event_dispatcher", "himport_registry",
+    "maint_notifications_config", "maint_notifications_pool_handler",
+    "oss_cluster_maint_notifications_handler", "orig_host_address", "orig_socket_timeout",
+    "orig_socket_connect_timeout",
+)  # fmt: skip
+"""Connection arguments that belong to one pool (its retry policy, its event and maintenance
+machinery) rather than to the server and session, so a new pool must not share them."""
+
+
+def listener_client(redis: aioredis.Redis, client_name: str) -> aioredis.Redis:
+    """A one-connection client for a dedicated listener (pub/sub, CLIENT TRACKING, blocking
+    reads) on ``redis``'s server; for a cluster, on one node (pub/sub reaches every node).
+
+    It keeps what says *where* and *who*: host, port, database, user name, password, TLS and the
+    connect timeout, whatever client was passed (also a plain ``redis.asyncio.Redis(...)``). It
+    drops what would hide a lost connection: it has no read timeout (a listener waits for
+    messages indefinitely) and never retries, so a dropped connection raises ConnectionError in
+    the pending read, where the listener can flush what it may have missed, instead of
+    redis-py reconnecting silently. Close it with ``await listener.aclose()``.
+    """
+    no_retry = {"retry_on_error": [], "retry_on_timeout": False}
+    if cluster.is_cluster(redis):  # node_pool drops the node's retry: none is made from []
+        return aioredis.Redis.from_pool(
+            cluster.node_pool(redis, client_name=client_name, **no_retry)
+        )
+    pool = redis.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_INTERNALS}
+    kwargs |= no_retry | {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": None,
+        "client_name": client_name,
+    }
+    one = aioredis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **kwargs
+    )
+    return aioredis.Redis.from_pool(one)
 
 
 @dataclass(frozen=True)

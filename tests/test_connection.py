@@ -12,12 +12,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from helpers import REAL_URL, delete_prefixed, free_port, pid_alive
+from redis.asyncio.connection import SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 import cachelab
@@ -552,3 +555,109 @@ async def test_fakeredis_url():
         assert "in-process" in source.describe()
     finally:
         await client.aclose()
+
+
+# --- listener_client: a dedicated connection that never hides a drop ---------------------------
+
+
+async def kill_by_name(redis, name: str) -> int:
+    """CLIENT KILL every connection named ``name`` (CLIENT KILL has no name filter)."""
+    ids = [c["id"] for c in await redis.client_list() if c["name"] == name]
+    for client_id in ids:
+        await redis.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+async def until_named(redis, name: str, within: float = 10.0) -> None:
+    """Wait until a connection named ``name`` exists (polling the server: there is no event)."""
+    deadline = time.monotonic() + within
+    while not [c for c in await redis.client_list() if c["name"] == name]:
+        assert time.monotonic() < deadline, f"no connection named {name!r} appeared"
+        await asyncio.sleep(0.02)
+
+
+async def subscribed(client, channel: str):
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel)
+    confirmation = await pubsub.get_message(timeout=5)
+    assert confirmation is not None and confirmation["type"] == "subscribe"
+    return pubsub
+
+
+async def next_message(pubsub) -> dict:
+    """The next published message, waiting as long as it takes (confirmations skipped)."""
+    while (message := await pubsub.get_message(timeout=None))["type"] != "message":
+        pass
+    return message
+
+
+@pytest.fixture(params=["connect", "plain-redis-py"])
+async def any_client(request):
+    """A client from connect(), and one a user built with redis-py's defaults (which retry)."""
+    if request.param == "connect":
+        client = await cachelab.connect(REAL_URL, quiet=True)
+    else:
+        client = aioredis.Redis(host="127.0.0.1", port=int(REAL_URL.rsplit(":", 1)[1]))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_listener_hears_of_a_killed_connection(any_client, namespace):
+    name = f"listener-{uuid.uuid4().hex[:8]}"
+    channel = f"{namespace}:channel"
+    listener = connection.listener_client(any_client, name)
+    try:
+        pubsub = await subscribed(listener, channel)
+        pending = asyncio.ensure_future(pubsub.get_message(timeout=None))
+        await until_named(any_client, name)
+        assert await kill_by_name(any_client, name) == 1
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(pending, 10)
+        await pubsub.aclose()
+    finally:
+        await listener.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_py_defaults_reconnect_a_killed_subscriber_silently(namespace):
+    """The control for the test above: the same kill under a plain client's own pub/sub is
+    never reported; its pending read reconnects, resubscribes and just goes on waiting."""
+    name = f"silent-{uuid.uuid4().hex[:8]}"
+    channel = f"{namespace}:channel"
+    port = int(REAL_URL.rsplit(":", 1)[1])
+    plain = aioredis.Redis(host="127.0.0.1", port=port, client_name=name)
+    observer = aioredis.Redis(host="127.0.0.1", port=port)
+    try:
+        pubsub = await subscribed(plain, channel)
+        pending = asyncio.ensure_future(next_message(pubsub))
+        await until_named(observer, name)
+        assert await kill_by_name(observer, name) == 1
+        await until_named(observer, name)  # it came back by itself
+        while await observer.publish(channel, "after the kill") == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # until the silent resubscription is in place
+        message = await asyncio.wait_for(pending, 10)
+        assert message["data"] == b"after the kill"
+        await pubsub.aclose()
+    finally:
+        await plain.aclose()
+        await observer.aclose()
+
+
+def test_a_listener_keeps_where_and_who_and_drops_timeouts_and_retries():
+    url = f"rediss://alice:{PASSWORD}@tls.example.invalid:6380/3?ssl_cert_reqs=none"
+    base = connection._client_for_url(url, max_connections=8, pool_timeout=1)
+    listener = connection.listener_client(base, "listener")
+    made = listener.connection_pool.make_connection()
+    original = base.connection_pool.make_connection()
+    assert type(made) is type(original) and isinstance(made, SSLConnection)
+    assert (made.host, made.port, made.db) == ("tls.example.invalid", 6380, 3)
+    assert (made.username, made.password) == ("alice", PASSWORD)
+    assert made.ssl_context.cert_reqs == original.ssl_context.cert_reqs
+    assert made.socket_connect_timeout == connection.DEFAULT_CONNECT_TIMEOUT
+    assert made.socket_timeout is None
+    assert made.retry.get_retries() == 0
+    assert made.client_name == "listener"
+    assert listener.connection_pool.max_connections == 1

@@ -253,6 +253,28 @@ def test_cli_ping_with_wrong_credentials_is_one_line_without_the_password(
         assert_error_keeps_secrets(result.exception)
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("made_by", ["connect", "plain-redis-py"])
+async def test_a_listener_client_logs_in_as_the_same_user_on_the_same_database(
+    private_redis, made_by
+):
+    if made_by == "connect":
+        base = await cachelab.connect(private_redis.url("alice", ALICE_PW) + "/2", quiet=True)
+    else:
+        base = aioredis.Redis(
+            host="127.0.0.1", port=private_redis.port, username="alice", password=ALICE_PW, db=2
+        )
+    listener = connection.listener_client(base, "secrets-listener")
+    try:
+        assert await listener.acl_whoami() == "alice"
+        info = await listener.client_info()
+        assert (info["db"], info["name"]) == (2, "secrets-listener")
+        assert_no_secret(repr(listener), repr(listener.connection_pool))
+    finally:
+        await listener.aclose()
+        await base.aclose()
+
+
 # --- what redis-py prints ---------------------------------------------------------------------
 
 
