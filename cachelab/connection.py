@@ -44,6 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import cluster
 from ._checks import positive_seconds
@@ -186,8 +187,15 @@ async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redi
                 "redis://:password@host:port for the default user), and check on the server that "
                 "the user is enabled and allowed PING and INFO (ACL LIST shows its rules)."
             ) from None
+        tls = ""
+        handshake = isinstance(exc, RedisTimeoutError | TimeoutError) or "SSL" in reason
+        if url.lower().startswith("rediss://") and handshake:  # refused says nothing of TLS
+            tls = (
+                "The server may not speak TLS: if it is a plain Redis, use redis:// instead of "
+                "rediss://. "
+            )
         raise RedisUnavailableError(
-            f"Redis at {redact_url(url)} (from {origin}) did not answer: {reason}. "
+            f"Redis at {redact_url(url)} (from {origin}) did not answer: {reason}. {tls}"
             "Start a server there, fix the URL, "
             f"or {fix} to let cachelab find or start one."
         ) from None

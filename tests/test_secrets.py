@@ -353,6 +353,7 @@ async def test_a_dead_rediss_url_errors_with_the_password_redacted():
         await cachelab.connect(url, quiet=True)
     assert not isinstance(info.value, AuthenticationError)
     assert "rediss://alice:***@127.0.0.1" in str(info.value)
+    assert "TLS" not in str(info.value)  # refused: nothing listens, TLS or not
     assert_error_keeps_secrets(info.value)
 
 
@@ -360,8 +361,10 @@ async def test_a_dead_rediss_url_errors_with_the_password_redacted():
 async def test_rediss_to_a_plain_server_fails_the_handshake_without_the_password(private_redis):
     url = f"rediss://alice:{ALICE_PW}@127.0.0.1:{private_redis.port}"
     with pytest.raises(RedisUnavailableError) as info:
-        await cachelab.connect(url, quiet=True)
+        await cachelab.connect(url, quiet=True, connect_timeout=0.5)
     assert "rediss://alice:***@" in str(info.value)
+    assert "may not speak TLS" in str(info.value)  # the likely cause, and the fix:
+    assert "use redis:// instead of rediss://" in str(info.value)
     assert_error_keeps_secrets(info.value)
 
 
