@@ -24,8 +24,23 @@ _USERINFO = re.compile(r"((?:^|//)[^/@:]*):([^/@]*)@")
 _QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.I)
 
 
+def _cut_userinfo(url: str) -> tuple[str, str] | None:
+    """``(user, password)`` where a password holds ``/``, ``?`` or ``#`` (unescaped), which end
+    the user info for urlsplit, so that it would show the rest of the password as a path."""
+    _scheme, sep, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    if ":" not in userinfo or not any(c in userinfo for c in "/?#"):
+        return None
+    user, _, password = userinfo.partition(":")
+    return ("" if any(c in user for c in "/?#") else user), password
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
+    cut = _cut_userinfo(url)
+    if cut is not None:
+        scheme, _, rest = url.partition("://")
+        return _QUERY_PASSWORD.sub(r"\1***", f"{scheme}://{cut[0]}:***@{rest.rpartition('@')[2]}")
     if "://" not in url:  # e.g. "user:pw@host:6379": urlsplit would not see the password
         return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
     try:
@@ -51,6 +66,9 @@ def scrub(text: str, url: str) -> str:
         parts = urlsplit(url)
         passwords = {parts.password, unquote(parts.password or "")}
         passwords |= {v for k, v in parse_qsl(parts.query) if k.lower() == "password"}
+        cut = _cut_userinfo(url)
+        if cut is not None:
+            passwords |= {cut[1], unquote(cut[1])}
         for password in sorted(filter(None, passwords), key=len, reverse=True):
             text = text.replace(password, "***")
     return text

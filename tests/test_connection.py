@@ -350,12 +350,20 @@ def test_redact_url(url, expected):
 
 @pytest.mark.parametrize(
     "url",
-    ["user:pw123@localhost:6379", ":pw123@localhost", "redis://u:pw123@[::1/0?password=pw123"],
+    [
+        "user:pw123@localhost:6379",
+        ":pw123@localhost",
+        "redis://u:pw123@[::1/0?password=pw123",
+        "redis://:pw/123@localhost:6379",  # unescaped: urlsplit ends the password at the '/'
+        "redis://u:pw?123@localhost:6379/0",
+        "redis://u:p#w123@localhost",
+    ],
 )
 def test_redact_url_hides_passwords_in_unusual_urls(url):
     redacted = cachelab.redact_url(url)
-    assert "pw123" not in redacted
+    assert "123" not in redacted and "pw" not in redacted.replace("***", "")
     assert "***" in redacted
+    assert "@" in redacted  # the address is still shown
 
 
 # --- the pool carries thousands of concurrent tasks -------------------------------------------
