@@ -33,6 +33,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import sys
 import weakref
 from dataclasses import dataclass
@@ -62,10 +63,12 @@ __all__ = [
     "clone_client",
     "connect",
     "listener_client",
+    "permission_problem",
     "portable_spec",
     "redact_url",
     "server_label",
     "source_of",
+    "user_of",
 ]
 
 DEFAULT_LOCAL_URL = "redis://127.0.0.1:6379"
@@ -413,6 +416,39 @@ def __getattr__(name: str) -> Any:
 
         return getattr(embedded, moved[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_NOPERM_COMMAND = re.compile(r"permissions? to run the '([^']+)' command", re.IGNORECASE)
+
+
+def user_of(client: aioredis.Redis) -> str:
+    """The ACL user ``client`` logs in as (``default`` when the URL names none)."""
+    options = getattr(client, "cachelab_options", None)  # a cluster client made by connect()
+    if options is None:
+        options = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    return options.get("username") or "default"
+
+
+def permission_problem(error: BaseException, client: aioredis.Redis) -> str | None:
+    """For a NOPERM error: one line naming what the user may not do and the ACL rule that
+    grants it (``ACL SETUSER alice +evalsha``); None for any other error."""
+    text = str(error)
+    if not isinstance(error, NoPermissionError) and not text.upper().startswith("NOPERM"):
+        return None
+    user = user_of(client)
+    command = _NOPERM_COMMAND.search(text)
+    if command is not None:
+        name = command.group(1).lower()
+        return (
+            f"Redis user {user!r} may not run {name.replace('|', ' ').upper()}: grant it with "
+            f"ACL SETUSER {user} +{name} (or connect as a user who may)"
+        )
+    what = "channel" if "channel" in text.lower() else "key"
+    rule = "&" if what == "channel" else "~"
+    return (
+        f"Redis user {user!r} may not use a {what} cachelab needs ({text.rstrip('.')}): grant "
+        f"the {what}s with ACL SETUSER {user} {rule}<pattern>, e.g. {rule}cachelab:*"
+    )
 
 
 def source_of(client: aioredis.Redis) -> RedisSource:
