@@ -52,9 +52,10 @@ from ._checks import positive_seconds
 from .errors import (
     AuthenticationError,
     ConfigurationError,
+    InvalidURLError,
     RedisUnavailableError,
 )
-from .urls import redact_url, scrub, validate_url
+from .urls import check_userinfo, redact_url, scrub, validate_url
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -230,7 +231,16 @@ async def _open_cluster(
     ``shown`` is the URL as the user wrote it (redacted), when they named one node with
     ``redis://`` and cachelab found it to be part of a cluster.
     """
-    nodes, options = cluster.parse_cluster_url(url)
+    check_userinfo(url)
+    try:
+        nodes, options = cluster.parse_cluster_url(url)
+    except InvalidURLError:
+        raise
+    except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
+        raise InvalidURLError(
+            f"{redact_url(url)} is not a valid cluster URL: {scrub(str(exc), url)}; expected "
+            "redis+cluster://[[user]:password@]host:port[,host:port...]"
+        ) from None
     options.setdefault(
         "socket_connect_timeout", pool.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     )

@@ -298,6 +298,12 @@ async def test_wrong_password_on_a_live_server_is_redacted():
         "localhost:6379",
         f"user:{PASSWORD}@localhost:6379",
         f":{PASSWORD}@localhost:6379",
+        # found by tests/test_fuzz_cli.py: each showed part of the password, or raised TypeError
+        f"redis://:@{PASSWORD}?@127.0.0.1:6379",  # would connect to host "<password>"
+        f"redis://:{PASSWORD}/@127.0.0.1:6379",  # "<password>" is not a port
+        f"redis://:[{PASSWORD}@[::1]:6379",  # "<password>@[::1" is not an IPv6 address
+        f"redis://u:{PASSWORD}@127.0.0.1:6379?nope=1",  # TypeError: unexpected keyword 'nope'
+        f"redis://default:?{PASSWORD}@127.0.0.1:6379?db=x",  # a keyword made of the password
     ],
 )
 async def test_malformed_url_is_a_clear_error(url):
@@ -307,6 +313,20 @@ async def test_malformed_url_is_a_clear_error(url):
     assert PASSWORD not in message
     assert "redis://" in message  # says what a valid URL looks like
     assert isinstance(info.value, ConfigurationError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis+cluster://:{PASSWORD}/@127.0.0.1:7000",
+        f"redis+cluster://:{PASSWORD}[@127.0.0.1:7000",  # urlsplit: ValueError, Invalid IPv6 URL
+        f"rediss+cluster://:#{PASSWORD}@127.0.0.1:7000",
+    ],
+)
+async def test_a_cluster_url_with_raw_delimiters_in_its_password_is_refused(url):
+    with pytest.raises(InvalidURLError, match=r"%2F %3F %23 %5B %5D") as info:
+        await cachelab.connect(url, quiet=True)
+    assert PASSWORD not in str(info.value)
 
 
 @pytest.mark.parametrize(
