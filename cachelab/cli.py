@@ -62,9 +62,8 @@ class _Commands(TyperGroup):
             try:
                 arg.encode("utf-8")
             except UnicodeEncodeError:
-                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                 _usage_error(
-                    f"argument {position} ({visible(shown)}) is not valid UTF-8; pass UTF-8 "
+                    f"argument {position} ({_undecodable(arg)}) is not valid UTF-8; pass UTF-8 "
                     "text (a terminal in another locale: LANG=C.UTF-8)"
                 )
         try:
@@ -85,6 +84,14 @@ class _Commands(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _undecodable(arg: str) -> str:
+    """An argument Python could not decode, with its bytes shown as ``\\xNN``."""
+    try:  # the bytes the terminal sent, which Python kept as lone surrogates
+        return visible(arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return visible(arg)
 
 
 def _usage_error(message: str, ctx=None, code: int = 2) -> NoReturn:
