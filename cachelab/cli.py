@@ -206,7 +206,8 @@ def _run(url: str | None, work: Callable[[aioredis.Redis], Awaitable[Any]]) -> A
     async def session() -> Any:
         redis = await connect(url, quiet=True)
         try:
-            err.print(f"cachelab: using {visible(source_of(redis).describe())}", style="dim")
+            described = visible(source_of(redis).describe())
+            err.print(f"cachelab: using {described}", style="dim", soft_wrap=True)
             try:
                 return await work(redis)
             except RedisError as exc:
@@ -288,7 +289,8 @@ def ping(url: UrlOption = None) -> None:
         start = time.perf_counter()
         await redis.ping()
         rtt = (time.perf_counter() - start) * 1000
-        out.print(f"PONG from {visible(source_of(redis).describe())} in {rtt:.2f} ms")
+        described = visible(source_of(redis).describe())
+        out.print(f"PONG from {described} in {rtt:.2f} ms", soft_wrap=True)
 
     _run(url, work)
 
