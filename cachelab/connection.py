@@ -372,8 +372,10 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
         if await _is_cluster_node(local):
             await local.aclose()
             cluster_url = _as_cluster_url(DEFAULT_LOCAL_URL)
-            return await _open_cluster(cluster_url, "local", pool, shown=DEFAULT_LOCAL_URL)
-        return local, RedisSource("local", DEFAULT_LOCAL_URL, version)
+            return await _open_cluster(
+                cluster_url, "local", pool, shown=redact_url(DEFAULT_LOCAL_URL)
+            )
+        return local, RedisSource("local", redact_url(DEFAULT_LOCAL_URL), version)
 
     found = await _open_embedded(pool, required=False)
     if found is not None:

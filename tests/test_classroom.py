@@ -436,7 +436,7 @@ def test_lab_uses_redis_url_and_stops_everything_on_sigterm():
     lab = LabProcess(env=lab_env(REDIS_URL=REAL_URL))
     try:
         using = lab.wait_for(USING)
-        assert using.group(2) == REAL_URL and "(REDIS_URL)" in lab.output[-1]
+        assert using.group(2) == redact_url(REAL_URL) and "(REDIS_URL)" in lab.output[-1]
         _url, port, token = lab.wait_for(LAB_URL).groups()
         assert api(f"http://127.0.0.1:{port}/api/status", token)["kernels"] == 0
         pids = [p.pid for p in lab.descendants()]

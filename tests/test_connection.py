@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -99,7 +100,7 @@ async def test_explicit_url_wins_over_redis_url(monkeypatch):
     try:
         source = cachelab.source_of(client)
         assert source.kind == "url"
-        assert source.url == REAL_URL + "/0"
+        assert source.url == cachelab.redact_url(REAL_URL + "/0")
         assert source.version.startswith("Redis ")
         assert await client.ping()
     finally:
@@ -115,7 +116,7 @@ async def test_redis_url_env_is_used_when_no_url(monkeypatch):
     try:
         source = cachelab.source_of(client)
         assert source.kind == "env"
-        assert source.url == REAL_URL + "/0"
+        assert source.url == cachelab.redact_url(REAL_URL + "/0")
         assert source.version.startswith("Redis ")
     finally:
         await client.aclose()
@@ -129,7 +130,7 @@ async def test_local_server_found_without_env(monkeypatch, stop_embedded):
     try:
         source = cachelab.source_of(client)
         assert source.kind == "local"
-        assert source.url == REAL_URL
+        assert source.url == cachelab.redact_url(REAL_URL)
         assert source.version.startswith("Redis ")
         assert source.is_real_server
     finally:
@@ -612,6 +613,14 @@ async def subscribed(client, channel: str):
     return pubsub
 
 
+REAL_ADDRESS = {
+    "host": urlsplit(REAL_URL).hostname,
+    "port": urlsplit(REAL_URL).port,
+    "password": urlsplit(REAL_URL).password,  # an embedded server the tests started has one
+}
+"""The real server as a user passes it to a plain ``redis.asyncio.Redis(...)``."""
+
+
 async def next_message(pubsub) -> dict:
     """The next published message, waiting as long as it takes (confirmations skipped)."""
     while (message := await pubsub.get_message(timeout=None))["type"] != "message":
@@ -625,7 +634,7 @@ async def any_client(request):
     if request.param == "connect":
         client = await cachelab.connect(REAL_URL, quiet=True)
     else:
-        client = aioredis.Redis(host="127.0.0.1", port=int(REAL_URL.rsplit(":", 1)[1]))
+        client = aioredis.Redis(**REAL_ADDRESS)
     try:
         yield client
     finally:
@@ -655,9 +664,8 @@ async def test_redis_py_defaults_reconnect_a_killed_subscriber_silently(namespac
     never reported; its pending read reconnects, resubscribes and just goes on waiting."""
     name = f"silent-{uuid.uuid4().hex[:8]}"
     channel = f"{namespace}:channel"
-    port = int(REAL_URL.rsplit(":", 1)[1])
-    plain = aioredis.Redis(host="127.0.0.1", port=port, client_name=name)
-    observer = aioredis.Redis(host="127.0.0.1", port=port)
+    plain = aioredis.Redis(**REAL_ADDRESS, client_name=name)
+    observer = aioredis.Redis(**REAL_ADDRESS)
     try:
         pubsub = await subscribed(plain, channel)
         pending = asyncio.ensure_future(next_message(pubsub))
