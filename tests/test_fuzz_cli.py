@@ -171,7 +171,7 @@ def test_any_url_is_answered_or_refused_without_its_password(url):
 
 
 @settings(deadline=None, max_examples=2)
-@given(value=texts)
+@given(value=texts.filter(lambda v: "\x00" not in v))  # no argv can hold a NUL
 def test_the_real_command_prints_any_value_as_data(value):
     key = PREFIX + uuid.uuid4().hex
     environment = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
