@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import connection
+from ._reaper import Reaper
 from .connection import RedisSource
 from .errors import ConfigurationError, NotebookError
 
@@ -347,11 +347,15 @@ def lab_redis_url(source: RedisSource, url: str | None) -> str | None:
     """The ``REDIS_URL`` the lab's kernels must be given to use the server ``source`` describes.
 
     None when they find it on their own: from an inherited ``REDIS_URL``, or on 127.0.0.1:6379.
-    ``url`` is the one the user passed (it may hold a password; it goes only into the
-    environment, never into output).
+    ``url`` is the one the user passed, and for an embedded server the URL with its password:
+    either goes only into the kernels' environment (which only this user can read), never into
+    output.
     """
     if source.kind == "embedded":
-        return source.url  # started by cachelab: no password, loopback only
+        from .embedded import EmbeddedServer
+
+        server = EmbeddedServer.running()
+        return server.url if server is not None else None
     if source.kind == "url":
         return url
     return None
@@ -380,7 +384,9 @@ def free_lab_port(port: int | None = None) -> int:
     for candidate in range(DEFAULT_LAB_PORT, DEFAULT_LAB_PORT + 100):
         if _port_is_free(candidate):
             return candidate
-    return connection._free_port()
+    from .embedded import free_port
+
+    return free_port()
 
 
 class Lab:
@@ -390,8 +396,8 @@ class Lab:
     its token; leaving (normally, on Ctrl-C, or on SIGTERM/SIGHUP, which are turned into
     Ctrl-C while the lab runs) sends it SIGTERM, so it shuts its kernels down, and kills it if
     it does not stop. It runs in its own session, so the terminal's Ctrl-C reaches only cachelab
-    (JupyterLab would otherwise ask "Shutdown this Jupyter server?"), and on Linux the kernel
-    stops it if cachelab itself is killed outright.
+    (JupyterLab would otherwise ask "Shutdown this Jupyter server?"), and a reaper process
+    (:mod:`cachelab._reaper`) stops it if cachelab itself is killed outright.
     """
 
     def __init__(self, folder: Path, port: int, *, redis_url: str | None = None) -> None:
@@ -400,6 +406,7 @@ class Lab:
         self.redis_url = redis_url
         self.token = secrets.token_hex(24)
         self.process: subprocess.Popen | None = None
+        self._reaper: Reaper | None = None
         self._previous_handlers: dict[int, Any] = {}
 
     @property
@@ -410,13 +417,14 @@ class Lab:
     def __enter__(self) -> Lab:
         self._forward_termination()
         try:
+            self._reaper = Reaper(LAB_STOP_TIMEOUT)
             self.process = subprocess.Popen(
                 self._command(),
                 env=self._environment(),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=connection._die_with_parent if connection._PRCTL else None,
             )
+            self._reaper.watch(self.process.pid)
             self._wait_ready()
         except BaseException:
             self._shut_down()
@@ -494,6 +502,8 @@ class Lab:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._reaper is not None:
+            self._reaper.release()
 
     def _forward_termination(self) -> None:
         """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so they too stop the lab cleanly."""

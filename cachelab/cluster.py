@@ -34,6 +34,7 @@ from redis.crc import key_slot as _crc_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .errors import ConfigurationError, InvalidURLError
+from .urls import redact_url
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -107,8 +108,6 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     cluster has one database only, so a path other than ``/`` or ``/0`` is an error.
     """
     from redis.asyncio.connection import SSLConnection, parse_url
-
-    from .connection import redact_url
 
     shown = redact_url(url)
     expected = "expected redis+cluster://[[user]:password@]host:port[,host:port...]"

