@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -178,10 +179,11 @@ async def server_slot(client, key: str | bytes) -> int:
 # --- connect() --------------------------------------------------------------------------------
 
 
-async def test_connect_with_a_cluster_url_says_it_chose_a_cluster(local_cluster, capsys):
+async def test_connect_with_a_cluster_url_says_it_chose_a_cluster(local_cluster, caplog):
+    caplog.set_level(logging.INFO, logger="cachelab")
     client = await cachelab.connect(local_cluster.url)
     try:
-        line = capsys.readouterr().out
+        line = caplog.text
         assert is_cluster(client)
         version = re.search(r"redis_version:(\S+)", _ask(local_cluster.ports[0], "INFO")).group(1)
         assert f"Redis Cluster {version} (3 masters)" in line, line
@@ -192,11 +194,12 @@ async def test_connect_with_a_cluster_url_says_it_chose_a_cluster(local_cluster,
         await client.aclose()
 
 
-async def test_connect_with_a_node_list_or_one_node_url(local_cluster, capsys):
+async def test_connect_with_a_node_list_or_one_node_url(local_cluster, caplog):
+    caplog.set_level(logging.INFO, logger="cachelab")
     by_list = await cachelab.connect(cluster_nodes=local_cluster.nodes[:2])
     by_node = await cachelab.connect(local_cluster.node_url(1))
     try:
-        out = capsys.readouterr().out.splitlines()
+        out = [record.getMessage() for record in caplog.records if record.name == "cachelab"]
         assert all("(3 masters)" in line for line in out), out
         assert "cluster_enabled:1" in out[1] and local_cluster.node_url(1) in out[1]
         assert is_cluster(by_list) and is_cluster(by_node)

@@ -223,7 +223,7 @@ def test_cli_expiry_json_and_plot(tmp_path):
     [
         (["--refresh", "later"], "unknown refresh"),
         (["--beta", "1,x"], "--beta"),
-        (["--beta", "0"], "positive"),
+        (["--beta", "0"], "above 0"),
         (["--rate", "0"], "rate"),
     ],
 )
