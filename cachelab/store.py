@@ -28,7 +28,6 @@ the stream is a key of another slot: there the XADD follows as a second command.
 from __future__ import annotations
 
 import asyncio
-import re
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from redis import exceptions as redis_errors
 from .breaker import CircuitBreaker, Permit
 from .cluster import NoFreeConnection, is_cluster
 from .codec import Codec, Entry, Packed
-from .connection import clone_client, server_label
-from .errors import AuthenticationError, CacheUnavailableError
+from .connection import clone_client, permission_problem, server_label
+from .errors import AuthenticationError, CachelabError, CacheUnavailableError
 from .keys import KeySpace
 from .metrics import Stats
 
@@ -227,7 +226,6 @@ _REFUSED = (
     redis_errors.AuthenticationError,
     redis_errors.AuthorizationError,
 )
-_COMMAND = re.compile(r"run the '([\w|]+)' command")
 
 
 class Guard:
@@ -282,6 +280,11 @@ class Guard:
     def translate(self, exc: Exception, permit: Permit | None = None) -> Exception:
         """The cachelab error for a failed command (settling ``permit`` with the breaker)."""
         breaker = self.breaker
+        if isinstance(exc, CachelabError):  # already ours (a refused SUBSCRIBE, a bad option)
+            if permit is not None:  # an inner command's outage was counted where it happened
+                unavailable = isinstance(exc, CacheUnavailableError)
+                (breaker.release if unavailable else breaker.success)(permit)
+            return exc
         if isinstance(exc, _REFUSED):
             if permit is not None:
                 breaker.success(permit)  # an answer: Redis is up
@@ -331,21 +334,14 @@ class Guard:
         return f"{where}: {why}. {fix}"
 
     def refused(self, exc: Exception) -> str:
-        found = _COMMAND.search(str(exc))
-        command = found.group(1).split("|")[0].lower() if found else None
-        grant = (
-            f"grant it with `ACL SETUSER <user> +{command}`"
-            if command
-            else "check the user's rules with ACL LIST"
-        )
-        if isinstance(exc, redis_errors.NoPermissionError) and command:
-            what = f"may not run {command.upper()}"
-        else:
-            what = f"refused the credentials or a command ({str(exc).rstrip('. ')})"
-        return (
-            f"cache {self.namespace!r}: the Redis user at {server_label(self.client)} {what}, "
-            f"which cachelab needs; {grant}, or connect as a user that may"
-        )
+        """One line: what the Redis user may not do, and the ACL rule that grants it."""
+        problem = permission_problem(exc, self.client)
+        if problem is None:
+            problem = (
+                f"Redis at {server_label(self.client)} refused the credentials "
+                f"({str(exc).rstrip('. ')}); fix the user name and password in the URL"
+            )
+        return f"cache {self.namespace!r}: {problem}"
 
 
 async def _unguarded(command: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:

@@ -25,10 +25,10 @@ from typing import ClassVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import listener_client
+from .connection import listener_client, permission_problem
 from .errors import AuthenticationError
 from .tasks import cancel_all
 
@@ -69,14 +69,11 @@ class Inbox:
         self._queue.put_nowait(item)
 
 
-def _refused(exc: ResponseError) -> Exception:
-    if isinstance(exc, NoPermissionError):
-        return AuthenticationError(
-            "the Redis user may not run SUBSCRIBE, which cachelab needs to wake lock waiters and "
-            "to hear invalidations; grant it with `ACL SETUSER <user> +subscribe &*` (commands "
-            "and channels), or connect as a user that may"
-        )
-    return exc
+def _refused(exc: ResponseError, client: aioredis.Redis | None) -> Exception:
+    """An ACL refusal of our SUBSCRIBE as one line naming the grant (it wakes lock waiters and
+    carries invalidations); any other error reply as it is."""
+    problem = permission_problem(exc, client) if client is not None else None
+    return AuthenticationError(problem) if problem is not None else exc
 
 
 class Subscriber:
@@ -193,7 +190,7 @@ class Subscriber:
                 if message is not None:
                     self._deliver(message)
             except ResponseError as exc:  # an error reply to our SUBSCRIBE (an ACL refused it)
-                refused = _refused(exc)
+                refused = _refused(exc, self.redis)
                 for future in self._confirmed.values():
                     if not future.done():
                         future.set_exception(refused)

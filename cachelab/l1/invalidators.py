@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from ..cluster import each_node, is_cluster
-from ..connection import listener_client
+from ..connection import listener_client, user_of
 from ..errors import AuthenticationError, ConfigurationError
 from ..keys import KeySpace
 from ..store import Announce
@@ -362,12 +362,13 @@ class TrackingInvalidator(Invalidator):
                     "type"
                 ] != "subscribe":
                     pass
-        except NoPermissionError:
+        except NoPermissionError as exc:
             await listener.aclose()
+            user = user_of(redis)
             raise AuthenticationError(
-                "the Redis user may not run CLIENT TRACKING or SUBSCRIBE, which "
-                "invalidation='tracking' needs; grant them with `ACL SETUSER <user> +client "
-                "+subscribe &__redis__:invalidate`, or use invalidation='pubsub'"
+                f"Redis user {user!r} may not run what invalidation='tracking' needs ({exc}): "
+                f"grant it with ACL SETUSER {user} +client|id +client|tracking +subscribe "
+                "&__redis__:invalidate, or use invalidation='pubsub'"
             ) from None
         except ResponseError as exc:
             await listener.aclose()
