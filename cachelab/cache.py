@@ -338,19 +338,19 @@ class Cache:
         """Like :meth:`get_or_set`, but also says how the value was obtained (an Outcome)."""
         self.keyspace.value(key)
         _check_loader(loader)
-        self._call_ttl(ttl)
-        attempt = _Attempt()
-        produce = self._producer(loader, ttl, attempt)
+        if ttl is not None:
+            self._call_ttl(ttl)
+        load = _Load(self, loader, ttl)
         try:
             try:
                 if self.near is not None:
-                    _found, value, outcome = await self._near_lookup(key, produce)
+                    _found, value, outcome = await self._near_lookup(key, load)
                 else:
-                    value, outcome, _entry = await self._lookup(key, produce)
+                    value, outcome, _entry = await self._lookup(key, load)
             except CacheUnavailableError as exc:
                 if self.on_redis_error != "open":
                     raise _during("lookup", exc) from exc.__cause__
-                value, outcome = await self._bypass(key, loader, attempt)
+                value, outcome = await self._bypass(key, loader, load)
         except Exception:
             self.stats.errors += 1
             raise
@@ -364,7 +364,7 @@ class Cache:
         _check_loader(loader)
         self._call_ttl(ttl)
         read = await self.policy.read(key)
-        value = await self.policy.refresh(key, read, self._producer(loader, ttl, _Attempt()))
+        value = await self.policy.refresh(key, read, _Load(self, loader, ttl))
         if value is NOT_REFRESHED:
             return read.entry.value if read.entry is not None else await self.get(key)
         if self.near is not None:
@@ -437,13 +437,19 @@ class Cache:
                 return entry.value, Outcome.HIT, entry
             return value, Outcome.REFRESH, None
         if key not in self._background:  # one background refresh per key per process
-            task = asyncio.create_task(self._revalidate(key, read, produce))
+            task = asyncio.create_task(self._revalidate(key, produce))
             self._background[key] = task
             task.add_done_callback(lambda _t: self._background.pop(key, None))
         return entry.value, Outcome.STALE, entry
 
-    async def _revalidate(self, key: str, read: Any, produce: Produce) -> None:
+    async def _revalidate(self, key: str, produce: Produce) -> None:
+        """One background refresh. It reads the key again first: a read that saw the stale
+        entry just before another refresh landed must not start a second one."""
         try:
+            read = await self.policy.read(key)
+            entry = read.entry
+            if entry is None or self.refresh_policy.verdict(entry, time.time()) is Verdict.FRESH:
+                return  # gone (a miss will load it) or refreshed already
             if await self.policy.revalidate(key, read, produce):
                 self.stats.background_refreshes += 1
         except Exception:  # nobody awaits this task: count, never leak "never retrieved"
@@ -525,28 +531,7 @@ class Cache:
         if ttl is not None:
             self.codec.check_call_ttl(check_ttl(ttl))
 
-    def _producer(self, loader: Loader[Any], ttl: float | None, attempt: _Attempt) -> Produce:
-        """``produce`` for the herd policy: call the loader once (counted), time it, encode."""
-
-        async def produce() -> Loaded:
-            started = time.perf_counter()
-            pending = loader()
-            if not inspect.isawaitable(pending):
-                raise ConfigurationError(
-                    f"loader must be an async callable, but calling it returned "
-                    f"{type(pending).__name__}; define it with `async def` or wrap a sync "
-                    "function with `lambda: asyncio.to_thread(fn)`"
-                )
-            self.stats.loads += 1
-            value = await pending
-            attempt.loaded, attempt.value = True, value
-            payload = self.codec.payload(value)
-            packed = self.codec.pack(payload, ttl, (time.perf_counter() - started) * 1000)
-            return Loaded(value, payload, packed)
-
-        return produce
-
-    async def _bypass(self, key: str, loader: Loader[Any], attempt: _Attempt):
+    async def _bypass(self, key: str, loader: Loader[Any], attempt: _Load):
         """Answer a lookup without Redis: with the value this caller already loaded (the outage
         struck while storing it), else from the loader. Concurrent callers of a key share one
         load unless the policy is ``"none"``, so an outage does not turn into a stampede."""
@@ -591,14 +576,33 @@ def _during(what: str, error: CacheUnavailableError) -> CacheUnavailableError:
     return CacheUnavailableError(f"{what} on {error}")
 
 
-class _Attempt:
-    """One lookup's own load: kept, so that if Redis fails while storing it the caller gets it
-    without a second load."""
+class _Load:
+    """One lookup's ``produce`` for the herd policy: call the loader once (counted), time it,
+    encode its value. It keeps the value it loaded, so that if Redis fails while storing it, the
+    caller gets it without a second load. Made on every lookup, used only on a miss."""
 
-    __slots__ = ("loaded", "value")
+    __slots__ = ("cache", "loaded", "loader", "ttl", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Cache, loader: Loader[Any], ttl: float | None) -> None:
+        self.cache, self.loader, self.ttl = cache, loader, ttl
         self.loaded, self.value = False, None
+
+    async def __call__(self) -> Loaded:
+        cache = self.cache
+        started = time.perf_counter()
+        pending = self.loader()
+        if not inspect.isawaitable(pending):
+            raise ConfigurationError(
+                f"loader must be an async callable, but calling it returned "
+                f"{type(pending).__name__}; define it with `async def` or wrap a sync "
+                "function with `lambda: asyncio.to_thread(fn)`"
+            )
+        cache.stats.loads += 1
+        value = await pending
+        self.loaded, self.value = True, value
+        payload = cache.codec.payload(value)
+        packed = cache.codec.pack(payload, self.ttl, (time.perf_counter() - started) * 1000)
+        return Loaded(value, payload, packed)
 
 
 def _check_loader(loader: object) -> None:

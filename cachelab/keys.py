@@ -47,9 +47,13 @@ def _encodable(text: str) -> bool:
 class KeySpace:
     """The Redis names of one namespace's keys."""
 
-    __slots__ = ("channel", "namespace", "prefix", "stream")
+    __slots__ = ("_known", "channel", "namespace", "prefix", "stream")
+
+    _REMEMBERED = 4096
+    """Key names checked and built recently: a hot key is looked up, not rebuilt, on each hit."""
 
     def __init__(self, namespace: str) -> None:
+        self._known: dict[str, str] = {}
         self.namespace = check_namespace(namespace)
         self.prefix = f"{namespace}:{{"
         self.channel = f"{namespace}:invalidations"
@@ -59,6 +63,10 @@ class KeySpace:
 
     def value(self, key: str) -> str:
         """The Redis key that stores ``key``'s value: ``namespace:{key}``."""
+        try:
+            return self._known[key]
+        except (KeyError, TypeError):  # TypeError: not hashable, so not a valid key either
+            pass
         if type(key) is not str or not key or key[0] == "}" or not _encodable(key):
             raise ConfigurationError(
                 f"cache keys must be non-empty strings, not starting with '}}' and without lone "
@@ -66,7 +74,11 @@ class KeySpace:
                 "in 'namespace:{key}' and split the key from its lock); build one with e.g. "
                 "f'user:{user_id}'"
             )
-        return self.prefix + key + "}"
+        name = self.prefix + key + "}"
+        if len(self._known) >= self._REMEMBERED:
+            self._known.clear()
+        self._known[key] = name
+        return name
 
     def helper(self, key: str, role: str) -> str:
         """The key of ``key``'s fence, lock, lease, stale copy or fill channel (same slot)."""

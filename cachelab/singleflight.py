@@ -184,8 +184,10 @@ class InlineFlight:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._pending
 
-    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """``(value, leader)``: ``leader`` is True for the caller that ran ``fn``.
+    async def do(
+        self, key: Hashable, fn: Callable[..., Awaitable[T]], *args: Any
+    ) -> tuple[T, bool]:
+        """``(value, leader)``: ``leader`` is True for the caller that ran ``fn(*args)``.
 
         The first caller registers an empty list; each waiter appends a future of its own, so
         the uncontended path allocates no future at all, and a waiter that is cancelled cancels
@@ -200,7 +202,7 @@ class InlineFlight:
                 continue
         waiters = self._pending[key] = []
         try:
-            value = await fn()
+            value = await fn(*args)
         except BaseException as exc:
             failure = _LeaderCancelled() if isinstance(exc, asyncio.CancelledError) else exc
             for waiter in waiters:

@@ -31,6 +31,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
@@ -43,6 +44,7 @@ from .connection import clone_client, permission_problem, server_label
 from .errors import AuthenticationError, CachelabError, CacheUnavailableError
 from .keys import KeySpace
 from .metrics import Stats
+from .wire import Channel
 
 __all__ = [
     "FENCE_TTL_MS",
@@ -426,7 +428,8 @@ class _TickBatcher:
         self.batches = 0
         """How many sends carried more than one request (how much batching helped)."""
 
-    async def _submit(self, request: Any) -> Any:
+    async def submit(self, request: Any) -> Any:
+        """Send ``request`` with whatever else this tick brings; its own answer or error."""
         if not self._sending and not self._queue:
             self._sending += 1  # alone: send now; whoever comes meanwhile is batched
             try:
@@ -487,15 +490,16 @@ class _TickBatcher:
 
 class ReadBatcher(_TickBatcher):
     """Reads of value keys (with their fences) in one tick become one MGET (on a Redis Cluster,
-    one per hash slot); the same key read twice in a batch is read once."""
+    one per hash slot); the same key read twice in a batch is read once. Where it can, it sends
+    them on a pipelined connection of its own (:mod:`cachelab.wire`), not through redis-py."""
 
     def __init__(self, redis: aioredis.Redis, guard: Guard, *, cluster: bool = False) -> None:
         super().__init__(guard, max_batch=256)
-        self._mget = redis.mget_nonatomic if cluster else redis.mget
-
-    async def read(self, value: str) -> tuple[Any, Any]:
-        """``(stored bytes, fence bytes)`` of the value key ``value`` (None when missing)."""
-        return await self._submit(value)
+        self.channel = None if cluster else Channel.of(redis)
+        if self.channel is not None:
+            self._mget: Callable[..., Awaitable[Any]] = partial(self.channel.call, "MGET")
+        else:
+            self._mget = redis.mget_nonatomic if cluster else redis.mget
 
     async def _send_one(self, value: str) -> tuple[Any, Any]:
         raw, fence = await self._guard(self._mget, value, value + ":fence")
@@ -521,9 +525,6 @@ class ScriptBatcher(_TickBatcher):
         super().__init__(guard, max_batch=128)
         self._redis = redis
         self._translate = guard.translate
-
-    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        return await self._submit((script, keys, args))
 
     async def _send_one(self, request: tuple[Any, list[str], list[Any]]) -> Any:
         script, keys, args = request
@@ -631,7 +632,7 @@ class RedisStore:
         with the reads other coroutines issue in the same tick."""
         value = self.keys.value(key)
         if self.reads is not None:
-            raw, fence = await self.reads.read(value)
+            raw, fence = await self.reads.submit(value)
         else:
             raw, fence = await self.guard(self.redis.mget, value, value + ":fence")
         return self._read(raw, fence)
@@ -648,7 +649,7 @@ class RedisStore:
 
     async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         if self.scripts is not None:
-            return await self.scripts.call(script, keys, args)
+            return await self.scripts.submit((script, keys, args))
         return await self.guard(script, keys=keys, args=args)
 
     def decode(self, raw: bytes) -> Entry | None:

@@ -9,23 +9,32 @@ import asyncio
 import contextlib
 
 import pytest
+from helpers import REAL_URL
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+import cachelab
 from cachelab import Cache, CacheUnavailableError, Outcome
 
 pytestmark = pytest.mark.redis
 
 
 @contextlib.contextmanager
-def sent(client):
-    """Names of the commands ``client`` sends one by one, and the sizes of its pipelines."""
+def sent(cache: Cache):
+    """What ``cache`` sends: command names (its reads, whichever way they travel, and anything
+    else through redis-py) and the sizes of its pipelines."""
+    client, reads = cache.redis, cache.store.reads
     commands: list[str] = []
     pipelines: list[int] = []
     execute, pipeline = client.execute_command, client.pipeline
+    mget = reads._mget if reads is not None else None
 
     async def spy(*args, **options):
         commands.append(str(args[0]).upper())
         return await execute(*args, **options)
+
+    async def spied_mget(*keys):
+        commands.append("MGET")
+        return await mget(*keys)
 
     def counted_pipeline(*args, **options):
         pipe = pipeline(*args, **options)
@@ -39,10 +48,14 @@ def sent(client):
         return pipe
 
     client.execute_command, client.pipeline = spy, counted_pipeline
+    if reads is not None:
+        reads._mget = spied_mget
     try:
         yield commands, pipelines
     finally:
         del client.execute_command, client.pipeline
+        if reads is not None:
+            reads._mget = mget
 
 
 @pytest.fixture
@@ -58,7 +71,7 @@ async def test_reads_issued_in_one_tick_go_out_as_one_mget(cache):
     async def loader():
         raise AssertionError("every key is cached")
 
-    with sent(cache.redis) as (commands, _pipelines):
+    with sent(cache) as (commands, _pipelines):
         values = await asyncio.gather(*(cache.get_or_set(f"k{i}", loader) for i in range(50)))
     assert values == [{"i": i} for i in range(50)]  # each caller its own key's value
     # the first caller found nothing in flight and went alone; the other 49 went together
@@ -67,42 +80,76 @@ async def test_reads_issued_in_one_tick_go_out_as_one_mget(cache):
 
 
 async def test_a_lone_caller_goes_out_at_once(cache):
-    with sent(cache.redis) as (commands, _pipelines):
+    with sent(cache) as (commands, _pipelines):
         for i in range(5):
             assert await cache.get(f"k{i}") == {"i": i}
     assert commands == ["MGET"] * 5
     assert cache.store.reads.batches == 0
 
 
-async def test_without_batching_every_read_is_its_own_command(real_redis, namespace):
+async def test_without_batching_every_read_is_its_own_redis_py_command(real_redis, namespace):
     cache = Cache(real_redis, namespace=namespace, ttl=60, policy="none", batching=False)
     await cache.set("k", 1)
-    with sent(cache.redis) as (commands, _pipelines):
+    with sent(cache) as (commands, _pipelines):
         await asyncio.gather(*(cache.get("k") for _ in range(20)))
-    assert commands == ["MGET"] * 20
+    assert commands == ["MGET"] * 20  # each through redis-py's execute_command
+
+
+async def test_batched_reads_travel_on_one_pipelined_connection_of_the_pool(real_redis, namespace):
+    cache = Cache(real_redis, namespace=namespace, ttl=60, policy="none")
+    await cache.set("k", 1)
+    assert await cache.get("k") == 1
+    channel = cache.store.reads.channel
+    assert channel is not None
+    link = channel._link
+    assert link.connection in real_redis.connection_pool._in_use_connections  # counted
+    assert await asyncio.gather(*(cache.get("k") for _ in range(300))) == [1] * 300
+    assert channel._link is link  # every read since went on that one connection
+
+
+async def test_closing_the_client_closes_the_channel_and_its_reader(namespace):
+    client = await cachelab.connect(REAL_URL, quiet=True)
+    cache = Cache(client, namespace=namespace, ttl=60)
+    await cache.get("k")
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "cachelab-reads"]
+    await client.aclose()
+    for _ in range(200):  # the reader sees its connection closed and ends
+        if not [t for t in asyncio.all_tasks() if t.get_name() == "cachelab-reads"]:
+            break
+        await asyncio.sleep(0.01)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "cachelab-reads"]
+
+
+async def test_a_small_pool_keeps_its_connections_for_commands(namespace):
+    client = await cachelab.connect(REAL_URL, quiet=True, max_connections=4)
+    cache = Cache(client, namespace=namespace, ttl=60)
+    assert cache.store.reads.channel is None  # reads go through redis-py, batched all the same
+    await cache.set("k", 1)
+    assert await asyncio.gather(*(cache.get("k") for _ in range(20))) == [1] * 20
+    await cache.clear()
+    await client.aclose()
 
 
 async def test_the_same_key_twice_in_a_batch_is_read_once(cache):
-    mget = cache.redis.mget
+    mget = cache.store.reads._mget
     key_counts = []
 
     async def counting(*keys):
         key_counts.append(len(keys))
         return await mget(*keys)
 
-    cache.redis.mget = counting
     cache.store.reads._mget = counting
     try:
         values = await asyncio.gather(*(cache.get("k1") for _ in range(11)))
     finally:
-        del cache.redis.mget
+        cache.store.reads._mget = mget
     assert values == [{"i": 1}] * 11
     assert key_counts == [2, 2]  # alone: k1 + fence; batch of 10 reads of k1: k1 + fence once
 
 
 async def test_a_batch_holds_at_most_256_reads(real_redis, namespace):
     cache = Cache(real_redis, namespace=namespace, ttl=60, policy="none")
-    with sent(cache.redis) as (commands, _pipelines):
+    with sent(cache) as (commands, _pipelines):
         await asyncio.gather(*(cache.get(f"missing{i}") for i in range(600)))
     assert commands == ["MGET"] * 4  # 1 alone + 599 in batches of 256, 256 and 87
 
@@ -120,7 +167,7 @@ async def test_fills_in_one_tick_go_out_as_one_pipeline(real_redis, namespace):
         await release.wait()
         return "v"
 
-    with sent(cache.redis) as (commands, pipelines):
+    with sent(cache) as (commands, pipelines):
         lookups = [asyncio.create_task(cache.lookup(f"cold{i}", loader)) for i in range(40)]
         await all_loading.wait()  # every lookup missed and is loading
         release.set()  # the loads end in one tick: their fills are issued together

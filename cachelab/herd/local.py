@@ -22,8 +22,9 @@ __all__ = ["LocalSingleFlight"]
 class LocalSingleFlight(HerdPolicy):
     """Concurrent lookups of a key in this process share one Redis read and, on a miss, one load.
 
-    The read is shared through an :class:`~cachelab.singleflight.InlineFlight` (no task, so an
-    uncontended hit costs what a plain read costs); the load through a
+    The read is shared through the store's per-tick batches (a key read by many callers in one
+    tick is read once), or, without batching, an :class:`~cachelab.singleflight.InlineFlight` (no
+    task, so an uncontended hit costs what a plain read costs); the load through a
     :class:`~cachelab.singleflight.SingleFlight`, so that cancelling the caller who started it
     does not cancel it for the others.
     """
@@ -37,9 +38,11 @@ class LocalSingleFlight(HerdPolicy):
         self.reads = InlineFlight()
         self.loads = SingleFlight()
         self.refreshes = SingleFlight()
+        if self.store.reads is not None:  # the store's batches already read a key once a tick
+            self.read = self.store.read  # type: ignore[method-assign]
 
     async def read(self, key: str) -> Read:
-        read, _leader = await self.reads.do(key, lambda: self.store.read(key))
+        read, _leader = await self.reads.do(key, self.store.read, key)
         return read
 
     async def load(self, key: str, read: Read, produce: Produce) -> tuple[Any, Outcome]:
