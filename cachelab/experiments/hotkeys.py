@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from ..cache import Cache
 from ..connection import clone_client, connect
 from ..metrics import Outcome
+from ..policies import HerdPolicy, herd_policy
 from ..testing import SlowBackend
 from ._checks import known_policy, positive
 from .traffic import backend_rate, drive_poisson
@@ -57,14 +58,19 @@ async def run_hot_key_writes(
     duration: float = 4.0,
     loader_ms: float = 50.0,
     instances: int = 4,
-    policy: str = "local",
+    policy: str | HerdPolicy = "local",
     *,
     redis: aioredis.Redis | None = None,
     seed: int | None = None,
     bucket_ms: float = 100.0,
+    policy_options: dict | None = None,
 ) -> HotKeyResult:
     """Poisson reads at ``rate``/s on one key while a writer updates it ``writes_per_s`` times a
     second (commit the new row to the backend, then delete the cached copy).
+
+    ``policy`` is a name or a policy object; ``policy_options`` go to a named policy's
+    constructor, e.g. ``{"fence": False}`` for ``"distributed"`` to see what its fenced fills
+    prevent. Every instance gets a policy of its own.
 
     A read is *stale after invalidation* when it started after a delete had completed, was not
     marked stale, and still returned an older version than that delete's write: the symptom of
@@ -72,12 +78,16 @@ async def run_hot_key_writes(
     Writes more often than once per load time make that race frequent, as on a busy hot key.
     """
     positive(rate=rate, writes_per_s=writes_per_s, duration=duration)
-    known_policy(policy)
+    options = dict(policy_options or {})
+    known_policy(policy, options)
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
     namespace, key = f"cachelab:hotkey:{uuid.uuid4().hex[:12]}", "hot"
     clients = [clone_client(base, max_connections=32) for _ in range(instances)]
-    caches = [Cache(c, namespace=namespace, ttl=60, policy=policy) for c in clients]
+    caches = [
+        Cache(c, namespace=namespace, ttl=60, policy=herd_policy(policy, **options))
+        for c in clients
+    ]
     backend = SlowBackend(loader_ms)
     rng = random.Random(seed)
     invalidated = {"version": 0}  # the newest version whose cached copy has been deleted
@@ -105,7 +115,7 @@ async def run_hot_key_writes(
             invalidated["version"] = version
 
     try:
-        await caches[0].load_and_store(key, loader)  # warm
+        await caches[0].get_or_set(key, loader)  # warm
         backend.log.clear()
         backend.calls = 0
         start = time.perf_counter()
@@ -126,7 +136,8 @@ async def run_hot_key_writes(
     outdated = requests["version"] < requests["invalidated_version"]
     stale_after = outdated & (requests["outcome"] != Outcome.STALE)
     summary = {
-        "policy": policy,
+        "policy": policy if isinstance(policy, str) else repr(policy),
+        "policy_options": options,
         "rate": rate,
         "writes_per_s": writes_per_s,
         "instances": instances,
