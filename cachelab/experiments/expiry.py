@@ -134,7 +134,7 @@ async def run_expiry(
 
     rows: list[dict] = []
     try:
-        await caches[0].get_or_set(key, loader)  # warm: the run starts with a fresh value
+        await caches[0].load_and_store(key, loader)  # warm: the run starts with a fresh value
         backend.log.clear()
         backend.calls = 0
         start = time.perf_counter()

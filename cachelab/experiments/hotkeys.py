@@ -26,9 +26,8 @@ import redis.asyncio as aioredis
 from ..cache import Cache
 from ..connection import clone_client, connect
 from ..metrics import Outcome
-from ..policies import HerdPolicy, herd_policy
 from ..testing import SlowBackend
-from ._checks import known_policy, positive
+from ._checks import herd_policy, known_policy, positive
 from .traffic import backend_rate, drive_poisson
 
 __all__ = ["HotKeyResult", "run_hot_key_writes", "run_mass_expiry"]
@@ -58,7 +57,7 @@ async def run_hot_key_writes(
     duration: float = 4.0,
     loader_ms: float = 50.0,
     instances: int = 4,
-    policy: str | HerdPolicy = "local",
+    policy: str = "local",
     *,
     redis: aioredis.Redis | None = None,
     seed: int | None = None,
@@ -115,7 +114,7 @@ async def run_hot_key_writes(
             invalidated["version"] = version
 
     try:
-        await caches[0].get_or_set(key, loader)  # warm
+        await caches[0].load_and_store(key, loader)  # warm
         backend.log.clear()
         backend.calls = 0
         start = time.perf_counter()
@@ -136,8 +135,7 @@ async def run_hot_key_writes(
     outdated = requests["version"] < requests["invalidated_version"]
     stale_after = outdated & (requests["outcome"] != Outcome.STALE)
     summary = {
-        "policy": policy if isinstance(policy, str) else repr(policy),
-        "policy_options": options,
+        "policy": policy,
         "rate": rate,
         "writes_per_s": writes_per_s,
         "instances": instances,
@@ -149,6 +147,7 @@ async def run_hot_key_writes(
         "stale_served": int((requests["outcome"] == Outcome.STALE).sum()),
         "stale_after_invalidation": int(stale_after.sum()),
         "p99_ms": float(requests["latency_ms"].quantile(0.99)),
+        "policy_options": options,
     }
     return HotKeyResult(requests, calls, per_second, summary)
 
