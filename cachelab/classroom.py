@@ -61,7 +61,7 @@ LAB_STOP_TIMEOUT = 30.0
 """Seconds JupyterLab gets to shut its kernels down after SIGTERM before it is killed."""
 
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
-_NUMBER = re.compile(r"^(\d+)")
+_NUMBER = re.compile(r"^(\d+[a-z]?)(?=_|$)")
 
 
 # --- finding the notebooks ---------------------------------------------------------------------
@@ -93,6 +93,8 @@ class Parameter:
     name: str
     source: str
     """The default exactly as written in the cell, e.g. ``[10, 50, 200]``."""
+    note: str = ""
+    """The comment beside it, which in cachelab's notebooks is its range, e.g. ``1-5,000``."""
 
     @property
     def default(self) -> Any:
@@ -103,7 +105,7 @@ class Parameter:
             return self.source
 
     def __str__(self) -> str:
-        return f"{self.name}={self.source}"
+        return f"{self.name}={self.source}" + (f" ({self.note})" if self.note else "")
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ class Notebook:
 
     @property
     def number(self) -> str:
-        """The leading digits of the file name ("01"), or "" if it has none."""
+        """The leading number of the file name ("01", or "03b" for a notebook that follows 03),
+        or "" if it has none."""
         match = _NUMBER.match(self.stem)
         return match.group(1) if match else ""
 
@@ -167,12 +170,15 @@ def _parameters(nb, path: Path) -> dict[str, Parameter]:
             "it must hold only NAME = literal lines"
         ) from None
     found = {}
+    lines = cell.source.splitlines()
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
             if isinstance(target, ast.Name):
                 source = ast.get_source_segment(cell.source, node.value) or ""
-                found[target.id] = Parameter(target.id, source)
+                rest = lines[node.end_lineno - 1][node.end_col_offset :].strip()
+                note = rest[1:].strip() if rest.startswith("#") else ""
+                found[target.id] = Parameter(target.id, source, note)
     return found
 
 
@@ -180,8 +186,7 @@ def find_notebook(notebooks: list[Notebook], name: str) -> Notebook:
     """The notebook ``name`` means: its number ("01" or "1"), its file name or stem, or a prefix
     of the stem that only one notebook has."""
     key = Path(name).name.removesuffix(".ipynb")
-    number = int(key) if key.isdigit() else None
-    exact = [nb for nb in notebooks if key == nb.stem or (nb.number and int(nb.number) == number)]
+    exact = [nb for nb in notebooks if key in (nb.stem, nb.number) or _same_number(key, nb.number)]
     candidates = exact or [nb for nb in notebooks if key and nb.stem.startswith(key)]
     if len(candidates) == 1:
         return candidates[0]
@@ -193,6 +198,11 @@ def find_notebook(notebooks: list[Notebook], name: str) -> Notebook:
     else:
         problem = f"no notebook matches {name!r}"
     raise ConfigurationError(f"{problem}; name one by number, file name or prefix: {names}")
+
+
+def _same_number(key: str, number: str) -> bool:
+    """ "1" and "01" name notebook 01 (not 01b, which must be named as such)."""
+    return key.isdigit() and number.isdigit() and int(key) == int(number)
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -228,8 +238,9 @@ def parse_value(text: str) -> Any:
 def resolve_parameters(notebook: Notebook, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """Check names and values against the notebook's ``parameters`` cell; return the overrides.
 
-    An unknown name, or a value of the wrong kind for its default (text for a number, a fraction
-    for a whole number), is an error raised before any kernel starts.
+    An unknown name, a value of the wrong kind for its default (text for a number, a fraction
+    for a whole number), or one outside the documented range of a cachelab notebook
+    (:mod:`cachelab.experiments.params`) is an error raised before any kernel starts.
     """
     values: dict[str, Any] = {}
     for name, text in pairs:
@@ -240,7 +251,21 @@ def resolve_parameters(notebook: Notebook, pairs: list[tuple[str, str]]) -> dict
                 f"{notebook.parameter_list()}"
             )
         values[name] = _checked_value(parameter, text)
+    if values:
+        _check_ranges(notebook, values)
     return values
+
+
+def _check_ranges(notebook: Notebook, values: dict[str, Any]) -> None:
+    """The notebook's own range check (the cell after its parameters), run before a kernel
+    starts, so a value out of range costs a second, not a run."""
+    from .experiments.params import NOTEBOOK_PARAMETERS, check_parameters
+
+    specs, _rules = NOTEBOOK_PARAMETERS.get(notebook.number, ({}, []))
+    if not specs or set(specs) != set(notebook.parameters):
+        return  # not one of cachelab's notebooks (or a changed one): its own cells decide
+    defaults = {name: parameter.default for name, parameter in notebook.parameters.items()}
+    check_parameters(notebook.number, defaults | values)
 
 
 def _checked_value(parameter: Parameter, text: str) -> Any:

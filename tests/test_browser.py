@@ -9,7 +9,9 @@ saves through File > Save Notebook, and asserts what the student would see:
 - every code cell shows its execution count, 1..n top to bottom;
 - no cell raised (an ``error`` output in the saved notebook, or a traceback printed on stderr;
   warnings on stderr are reported, not failed);
-- every chart the committed notebook shows is rendered as a loaded ``<img>`` in the same cell.
+- every chart the committed notebook shows is rendered as a loaded ``<img>`` in the same cell;
+- every Mermaid diagram (a ```` ```mermaid ```` block in a markdown cell) is drawn, not shown as
+  an error (JupyterLab >= 4.1 renders them).
 
 Notebooks run one after another and each kernel is shut down (and its process seen gone) before
 the next one starts: several notebooks measure timings and must not share the CPU with another.
@@ -70,10 +72,23 @@ READ_CELLS_JS = """() => {
       '.jp-OutputArea-output[data-mime-type="image/png"] img')];
     return {
       prompt: (cell.querySelector('.jp-InputArea-prompt') || {}).textContent || '',
+      collapsed: !!cell.querySelector('.jp-InputPlaceholder'),
       images: images.length,
       loaded: images.filter(img => img.complete && img.naturalWidth > 0).length,
     };
   });
+}"""
+
+# One entry per markdown cell of the open notebook: Mermaid diagrams drawn, and ones that failed.
+READ_DIAGRAMS_JS = """() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return null;
+  return [...panel.querySelectorAll('.jp-Notebook .jp-MarkdownCell')].map(cell => ({
+    drawn: [...cell.querySelectorAll('.jp-RenderedMermaid:not(.jp-mod-warning)')]
+      .filter(d => d.querySelector('svg, img')).length,
+    failed: [...cell.querySelectorAll('.jp-RenderedMermaid.jp-mod-warning')]
+      .map(d => d.textContent.slice(0, 300)),
+  }));
 }"""
 
 RUN_STARTED_JS = """() => [...document.querySelectorAll(
@@ -364,6 +379,15 @@ def charts(cell: dict) -> int:
     return sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
 
 
+def diagrams(notebook: dict) -> list[int]:
+    """Mermaid blocks per markdown cell, in order."""
+    return [
+        source(cell).count("```mermaid")
+        for cell in notebook["cells"]
+        if cell["cell_type"] == "markdown"
+    ]
+
+
 def cleared(notebook: dict) -> dict:
     """The notebook as a student gets it fresh: no outputs, no execution counts."""
     copy = json.loads(json.dumps(notebook))
@@ -448,6 +472,32 @@ class BrowserRun:
     cells: list[dict]
     saved: dict
     screenshot: Path
+    diagrams: list[dict]
+
+
+def shown_prompt(run: BrowserRun, index: int) -> str:
+    """The execution prompt of code cell ``index``. A check cell whose input is collapsed (the
+    notebooks hide them so they do not spoil the Predict prompts) shows no prompt of its own:
+    its count is read from the saved notebook, which the test checks separately."""
+    cell = run.cells[index]
+    if cell["prompt"].strip() or not cell.get("collapsed"):
+        return cell["prompt"].strip()
+    return f"[{code_cells(run.saved)[index].get('execution_count')}]:"
+
+
+def read_diagrams(page, expected: int) -> list[dict]:
+    """The Mermaid diagrams per markdown cell, once ``expected`` are drawn (or one failed), or
+    as they are after UI_TIMEOUT_MS: mermaid is loaded and draws asynchronously."""
+    if expected:
+        with contextlib.suppress(Exception):  # playwright's TimeoutError: the assert says more
+            page.wait_for_function(
+                f"""() => {{ const cells = ({READ_DIAGRAMS_JS})() || [];
+                  return cells.reduce((n, c) => n + c.drawn, 0) >= {expected}
+                    || cells.some(c => c.failed.length); }}""",
+                timeout=UI_TIMEOUT_MS,
+                polling=250,
+            )
+    return page.evaluate(READ_DIAGRAMS_JS) or []
 
 
 def run_all_cells(lab: LabServer, browser, committed: dict, name: str, spent: dict) -> BrowserRun:
@@ -468,6 +518,7 @@ def run_all_cells(lab: LabServer, browser, committed: dict, name: str, spent: di
         shown = len(page.evaluate(READ_CELLS_JS))
         expected = len(code_cells(committed))
         assert shown == expected, f"{name}: the page shows {shown} of {expected} code cells"
+        drawn = read_diagrams(page, sum(diagrams(committed)))
 
         run_started = time.monotonic()
         menu_command(page, "Run", "runmenu:run-all")
@@ -487,7 +538,7 @@ def run_all_cells(lab: LabServer, browser, committed: dict, name: str, spent: di
         cells = page.evaluate(READ_CELLS_JS)
         lab.kernel_processes()  # remember the kernel's pid, to check it is gone at the end
         saved = save_notebook(page, lab.root / name)
-        return BrowserRun(cells, saved, screenshot(page, name))
+        return BrowserRun(cells, saved, screenshot(page, name), drawn)
     finally:
         context.close()
         lab.shut_down_kernels()
@@ -515,7 +566,7 @@ def test_notebook_runs_in_jupyterlab(committed_path: Path, lab, browser, timings
 
     # Every (non-empty) code cell ran once, top to bottom: prompts [1]: .. [n]:.
     runnable = [i for i, cell in enumerate(code_cells(committed)) if source(cell).strip()]
-    prompts = [run.cells[i]["prompt"].strip() for i in runnable]
+    prompts = [shown_prompt(run, i) for i in runnable]
     not_run = [
         f"{describe(i, code_cells(committed)[i])} shows {prompt or 'no prompt'}"
         for i, prompt in zip(runnable, prompts, strict=True)
@@ -540,3 +591,12 @@ def test_notebook_runs_in_jupyterlab(committed_path: Path, lab, browser, timings
                 f"({page_cell['images']} <img>)"
             )
     assert not missing, f"{name}: charts differ from the committed notebook: {missing} {shot}"
+
+    # Every Mermaid diagram is drawn, none shown as an error.
+    wanted, drawn = diagrams(committed), run.diagrams
+    failed = [f"markdown cell {i}: {error}" for i, c in enumerate(drawn) for error in c["failed"]]
+    assert not failed, f"{name}: Mermaid diagrams that did not parse: {failed} {shot}"
+    assert [c["drawn"] for c in drawn] == wanted, (
+        f"{name}: diagrams drawn per markdown cell {[c['drawn'] for c in drawn]}, expected "
+        f"{wanted} {shot}"
+    )

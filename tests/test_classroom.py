@@ -131,8 +131,9 @@ def test_list_covers_every_repository_notebook_and_its_parameters():
         header = next(line for line in result.clean_stdout.splitlines() if path.name in line)
         assert header.startswith(path.name[:2]) and title in header
         for assignment in source.splitlines():
-            name, _, value = (part.strip() for part in assignment.partition("="))
-            assert f"{name}={value}" in result.clean_stdout
+            name, _, rest = (part.strip() for part in assignment.partition("="))
+            value, _, note = (part.strip() for part in rest.partition("#"))
+            assert f"{name}={value} ({note})" in result.clean_stdout
 
 
 def test_list_without_a_notebooks_folder_says_how_to_get_one(tmp_path, monkeypatch):
@@ -469,3 +470,20 @@ def test_lab_refuses_a_busy_port_and_a_missing_folder(tmp_path):
     result = run("lab", "--no-browser", "--notebook-dir", str(tmp_path / "missing"))
     assert result.exit_code == 1
     assert f"notebook folder {tmp_path / 'missing'} does not exist" in result.clean_stderr
+
+
+def test_a_notebook_that_follows_another_is_named_by_its_own_number(tmp_path):
+    write_notebook(tmp_path / "03_first.ipynb", "First", "A = 1")
+    write_notebook(tmp_path / "03b_second.ipynb", "Second", "B = 1")
+    notebooks = classroom.discover(tmp_path)
+    assert [nb.number for nb in notebooks] == ["03", "03b"]
+    assert classroom.find_notebook(notebooks, "03").stem == "03_first"
+    assert classroom.find_notebook(notebooks, "3").stem == "03_first"
+    assert classroom.find_notebook(notebooks, "03b").stem == "03b_second"
+
+
+def test_the_documented_range_is_shown_beside_each_parameter(tmp_path):
+    path = write_notebook(tmp_path / "01_ranged.ipynb", "Ranged", "N = 3  # 1-10\nM = 2")
+    notebook = classroom.read_notebook(path)
+    assert notebook.parameter_list() == "N=3 (1-10), M=2"
+    assert notebook.parameters["N"].default == 3

@@ -307,7 +307,10 @@ def test_plot_invalidation_two_axes_with_titles_and_labels(figure):
 
 def test_plot_invalidation_legends_name_the_modes_and_the_outage(figure, cut):
     left, right = figure.axes
-    assert set(legend_texts(left)) == {"stale reads (all)", "after reconnecting"}
+    assert set(legend_texts(left)) == {
+        "stale reads (all)",
+        "left behind: after reconnecting, > 100 ms stale",
+    }
     texts = legend_texts(right)
     for mode, result in cut.items():
         assert f"{mode} ({result.summary['stale_reads']})" in texts
@@ -315,4 +318,4 @@ def test_plot_invalidation_legends_name_the_modes_and_the_outage(figure, cut):
     bars = [int(b.get_height()) for b in left.containers[0]]
     assert bars == [cut[m].summary["stale_reads"] for m in CUT]
     after = [int(b.get_height()) for b in left.containers[1]]
-    assert after == [cut[m].summary["stale_after_reconnect"] for m in CUT]
+    assert after == [cut[m].summary["left_behind"] for m in CUT]

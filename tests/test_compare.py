@@ -16,6 +16,7 @@ from cachelab import ConfigurationError
 from cachelab.experiments import COMPARISON_COLUMNS, compare_policies, plot_comparison
 from cachelab.experiments import compare as compare_module
 from cachelab.experiments.compare import COMBINATIONS, WORKLOADS, policy_label
+from cachelab.experiments.plots import VERMILLION
 
 HERDS = ["none", "lock_table", "local", "distributed", "lease"]
 
@@ -234,7 +235,7 @@ def test_plot_comparison_draws_one_bar_per_row_with_its_value(frame):
     marked = frame["stale_served"] / frame["requests"] * 100
     outdated = frame["outdated_reads"] / frame["requests"] * 100
     assert bar_widths(stale) == pytest.approx([*marked, *outdated])
-    red = [p for p in stale.patches if matplotlib.colors.same_color(p.get_facecolor(), "#d62728")]
+    red = [p for p in stale.patches if matplotlib.colors.same_color(p.get_facecolor(), VERMILLION)]
     assert [p.get_x() for p in red] == pytest.approx(marked.tolist())  # stacked after marked
     assert [t.get_text() for t in latency.texts] == ["70", "58", "50", "2", "55", "53"]
     bar_texts = [t.get_text() for t in loads.texts if t.get_fontweight() != "bold"]

@@ -183,7 +183,7 @@ def test_plot_xfetch_sweep_has_title_units_and_legend(simulated):
     assert ax.get_ylabel() == "recomputes per expiry (backend calls, mean)"
     assert legend_texts(ax) == [
         "closed form e^(1/β)",
-        "simulated (mean of 2 expiries per β)",
+        "simulated: calls per expiry, early and missed (mean of 2 per β)",
         "measured live on Redis (run_expiry)",
         "2 recomputes: the paper's bound at β = 1.5",
     ]
@@ -192,7 +192,7 @@ def test_plot_xfetch_sweep_has_title_units_and_legend(simulated):
 def test_plot_xfetch_sweep_draws_means_closed_form_and_the_line_at_two(simulated):
     ax = plot_xfetch_sweep(simulated, title="sweep")
     lines = {line.get_label(): line for line in ax.get_lines()}
-    means = lines["simulated (mean of 2 expiries per β)"]
+    means = lines["simulated: calls per expiry, early and missed (mean of 2 per β)"]
     assert list(means.get_xdata()) == [1.0, 1.5, 2.0]
     assert list(means.get_ydata()) == [3.0, 2.0, 1.5]
     curve = lines["closed form e^(1/β)"]
@@ -214,3 +214,47 @@ def test_plot_xfetch_sweep_places_live_points(simulated):
     assert max(curve.get_xdata()) == pytest.approx(3.0 * 1.05)  # the curve spans the live points
     assert "2 recomputes: the paper's bound at β = 2" in legend_texts(ax)
     assert math.exp(1 / 2.0) < 2
+
+
+# --- the palette, and the caller's matplotlib settings ------------------------------------------
+
+
+def test_charts_draw_in_the_colour_blind_safe_palette_and_leave_settings_alone():
+    from cachelab.experiments import plot_latency_cdf
+    from cachelab.experiments.plots import OUTCOME_COLORS, PALETTE
+
+    before = (plt.rcParams["axes.prop_cycle"], plt.rcParams["interactive"])
+    frame = pd.DataFrame({"policy": ["a"] * 3 + ["b"] * 3, "latency_ms": [1, 2, 3, 4, 5, 6]})
+    ax = plot_latency_cdf(frame)
+    colours = [line.get_color().upper() for line in ax.get_lines()[:2]]
+    assert colours == [c.upper() for c in PALETTE[:2]]
+    assert set(OUTCOME_COLORS.values()) <= set(PALETTE) | {"#7F7F7F"}
+    # rc_context would also restore `interactive`, which hides every later inline chart
+    assert (plt.rcParams["axes.prop_cycle"], plt.rcParams["interactive"]) == before
+
+
+def test_plot_latency_cdf_can_use_a_log_scale_for_hits_and_loads_together():
+    from cachelab.experiments import plot_latency_cdf
+
+    frame = pd.DataFrame({"strategy": ["x"] * 4, "latency_ms": [0.1, 0.2, 20.0, 25.0]})
+    ax = plot_latency_cdf(frame, by="strategy", log=True)
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlabel() == "latency (ms, log scale)"
+    assert plot_latency_cdf(frame, by="strategy").get_xscale() == "linear"
+
+
+def test_plot_invalidation_counts_what_was_left_behind_not_every_late_stale_read():
+    from cachelab.experiments import plot_invalidation
+
+    def result(mode, stale, after, left):
+        reads = pd.DataFrame({"t_s": [1.0], "stale": [True], "staleness_ms": [500.0]})
+        summary = {"mode": mode, "stale_reads": stale, "stale_after_reconnect": after,
+                   "left_behind": left, "delivery_window_ms": 100.0, "reconnected_s": 0.9,
+                   "killed_s": 0.5, "reads": 100}  # fmt: skip
+        return SimpleNamespace(summary=summary, reads=reads)
+
+    fig = plot_invalidation([result("pubsub-noflush", 40, 39, 35), result("pubsub", 2, 1, 0)])
+    left = fig.axes[0]
+    labels = [t.get_text() for t in left.texts]
+    assert labels == ["40", "2", "35", "0"]
+    assert "left behind: after reconnecting, > 100 ms stale" in legend_texts(left)

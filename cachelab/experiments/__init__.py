@@ -29,7 +29,13 @@ from .plots import (
     plot_xfetch_sweep,
 )
 from .reads import READ_COLUMNS, measure_reads, plot_reads
-from .stampede import REQUEST_COLUMNS, StampedeResult, run_stampede, sweep_stampede
+from .stampede import (
+    REQUEST_COLUMNS,
+    StampedeResult,
+    run_arrivals,
+    run_stampede,
+    sweep_stampede,
+)
 
 __all__ = [
     "COMPARISON_COLUMNS",
@@ -66,6 +72,7 @@ __all__ = [
     "plot_timeline",
     "plot_timelines",
     "plot_xfetch_sweep",
+    "run_arrivals",
     "run_crashed_holder",
     "run_expiry",
     "run_hot_key_writes",

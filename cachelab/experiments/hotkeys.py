@@ -28,7 +28,7 @@ from ..connection import clone_client, connect
 from ..herd import HerdPolicy
 from ..metrics import Outcome
 from ..testing import SlowBackend
-from ._checks import known_policy, positive
+from ._checks import herd_policy, known_policy, positive
 from .traffic import backend_rate, drive_poisson
 
 __all__ = ["HotKeyResult", "run_hot_key_writes", "run_mass_expiry"]
@@ -63,9 +63,14 @@ async def run_hot_key_writes(
     redis: aioredis.Redis | None = None,
     seed: int | None = None,
     bucket_ms: float = 100.0,
+    policy_options: dict | None = None,
 ) -> HotKeyResult:
     """Poisson reads at ``rate``/s on one key while a writer updates it ``writes_per_s`` times a
     second (commit the new row to the backend, then delete the cached copy).
+
+    ``policy`` is a name or a policy object; ``policy_options`` go to a named policy's
+    constructor, e.g. ``{"fence": False}`` for ``"distributed"`` to see what its fenced fills
+    prevent. Every instance gets a policy of its own.
 
     A read is *stale after invalidation* when it started after a delete had completed, was not
     marked stale, and still returned an older version than that delete's write: the symptom of
@@ -73,12 +78,16 @@ async def run_hot_key_writes(
     Writes more often than once per load time make that race frequent, as on a busy hot key.
     """
     positive(rate=rate, writes_per_s=writes_per_s, duration=duration)
-    known_policy(policy)
+    options = dict(policy_options or {})
+    known_policy(policy, options)
     owned = redis is None
     base = await connect(quiet=True) if owned else redis
     namespace, key = f"cachelab:hotkey:{uuid.uuid4().hex[:12]}", "hot"
     clients = [clone_client(base, max_connections=32) for _ in range(instances)]
-    caches = [Cache(c, namespace=namespace, ttl=60, policy=policy) for c in clients]
+    caches = [
+        Cache(c, namespace=namespace, ttl=60, policy=herd_policy(policy, **options))
+        for c in clients
+    ]
     backend = SlowBackend(loader_ms)
     rng = random.Random(seed)
     invalidated = {"version": 0}  # the newest version whose cached copy has been deleted
@@ -139,6 +148,7 @@ async def run_hot_key_writes(
         "stale_served": int((requests["outcome"] == Outcome.STALE).sum()),
         "stale_after_invalidation": int(stale_after.sum()),
         "p99_ms": float(requests["latency_ms"].quantile(0.99)),
+        "policy_options": options,
     }
     return HotKeyResult(requests, calls, per_second, summary)
 

@@ -1,23 +1,28 @@
 """Charts for experiment frames: each has a title, axes with units and a legend.
 
 Every function takes a tidy frame from an experiment, draws on ``ax`` (or a new figure) and returns
-the Axes, so a notebook can end the cell with ``;`` and a test can inspect what was drawn.
+the Axes, so a notebook can end the cell with ``;`` and a test can inspect what was drawn. Colours
+come from the Okabe-Ito palette (``PALETTE``), which readers with the common colour-vision
+deficiencies can tell apart; red and green are never the only difference between two series.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 __all__ = [
     "OUTCOME_COLORS",
+    "PALETTE",
     "plot_backend_calls",
     "plot_backend_rate",
     "plot_comparison",
@@ -33,13 +38,38 @@ __all__ = [
     "plot_xfetch_sweep",
 ]
 
+BLUE, ORANGE, GREEN, VERMILLION = "#0072B2", "#E69F00", "#009E73", "#D55E00"
+PURPLE, SKY, YELLOW, GREY = "#CC79A7", "#56B4E9", "#F0E442", "#7F7F7F"
+PALETTE = [BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, "#000000", YELLOW]
+"""Okabe & Ito's colour-blind-safe palette, in the order series are drawn."""
+
 OUTCOME_COLORS = {
-    "hit": "#2ca02c",
-    "load": "#d62728",
-    "shared": "#1f77b4",
-    "bypass": "#ff7f0e",
-    "error": "#7f7f7f",
+    "hit": GREEN,
+    "load": VERMILLION,
+    "shared": BLUE,
+    "bypass": ORANGE,
+    "stale": PURPLE,
+    "refresh": SKY,
+    "error": GREY,
 }
+
+
+def _palette(plot):
+    """Draw with :data:`PALETTE` as the colour cycle of the axes it creates, leaving the caller's
+    matplotlib settings as they were. (Only that one setting is swapped: ``rc_context`` would also
+    restore ``interactive``, which the inline backend turns on when the first figure is drawn,
+    and the notebook's later charts would then never be shown.)"""
+
+    @functools.wraps(plot)
+    def drawn(*args, **kwargs):
+        previous = plt.rcParams["axes.prop_cycle"]
+        plt.rcParams["axes.prop_cycle"] = cycler(color=PALETTE)
+        try:
+            return plot(*args, **kwargs)
+        finally:
+            plt.rcParams["axes.prop_cycle"] = previous
+
+    return drawn
 
 
 def _axes(ax: Axes | None, size=(8, 4.5)) -> Axes:
@@ -48,6 +78,7 @@ def _axes(ax: Axes | None, size=(8, 4.5)) -> Axes:
     return ax
 
 
+@_palette
 def plot_timeline(
     requests: pd.DataFrame,
     backend: pd.DataFrame | None = None,
@@ -77,8 +108,8 @@ def plot_timeline(
             ax.axvspan(
                 call.start_ms,
                 call.end_ms,
-                color="#ff9896",
-                alpha=min(0.25, 3 / len(backend)),
+                color=VERMILLION,
+                alpha=min(0.15, 2 / len(backend)),
                 lw=0,
                 label=f"backend call ({len(backend)})" if i == 0 else None,
             )
@@ -95,6 +126,7 @@ def plot_timeline(
     return ax
 
 
+@_palette
 def plot_backend_calls(
     summaries: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None
 ):
@@ -119,6 +151,7 @@ def plot_backend_calls(
     return ax
 
 
+@_palette
 def plot_latency_cdf(
     requests: pd.DataFrame,
     *,
@@ -126,11 +159,13 @@ def plot_latency_cdf(
     ax: Axes | None = None,
     title: str | None = None,
     mark_ms: float | None = None,
+    log: bool = False,
 ) -> Axes:
     """Fraction of requests answered within x ms, one curve per value of ``by``.
 
     ``mark_ms`` draws a dotted vertical line there, e.g. at the loader time: the least a request
-    for a cold key can wait.
+    for a cold key can wait. ``log=True`` puts latency on a log scale, for mixes of
+    sub-millisecond hits and slow loads that a linear axis squashes against zero.
     """
     ax = _axes(ax)
     for name, rows in requests.groupby(by, sort=False):
@@ -144,16 +179,22 @@ def plot_latency_cdf(
         )
     if mark_ms is not None:
         ax.axvline(mark_ms, ls=":", color="grey", label=f"one load ({mark_ms:g} ms)")
-    ax.set_xlabel("latency (ms)")
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_PlainLogFormatter())
+        ax.set_xlabel("latency (ms, log scale)")
+    else:
+        ax.set_xlim(left=0)
+        ax.set_xlabel("latency (ms)")
     ax.set_ylabel("fraction of requests answered")
     ax.set_ylim(0, 1.02)
-    ax.set_xlim(left=0)
     ax.set_title(title or "Latency distribution (CDF)")
     ax.legend(loc="best")  # curves sit left or right depending on the run: avoid covering them
     ax.grid(True, alpha=0.3)
     return ax
 
 
+@_palette
 def plot_stampede_overview(summaries: pd.DataFrame, requests: pd.DataFrame):
     """The headline figure: backend calls per policy (left) and latency CDFs (right).
 
@@ -164,7 +205,7 @@ def plot_stampede_overview(summaries: pd.DataFrame, requests: pd.DataFrame):
     if summaries["clients"].nunique() > 1:
         plot_backend_calls(summaries, ax=left)
     else:
-        bars = left.bar(summaries["policy"], summaries["backend_calls"], color="#d62728")
+        bars = left.bar(summaries["policy"], summaries["backend_calls"], color=VERMILLION)
         left.bar_label(bars)
         left.set_yscale("log")
         left.set_xlabel("herd policy")
@@ -182,6 +223,7 @@ def plot_stampede_overview(summaries: pd.DataFrame, requests: pd.DataFrame):
     return fig
 
 
+@_palette
 def plot_timelines(results, *, titles: list[str] | None = None):
     """Stacked request timelines of several stampede results on one shared time axis.
 
@@ -210,6 +252,7 @@ def _config_label(summary: dict) -> str:
     return label if summary.get("policy") in (None, "none") else f"{label} + {summary['policy']}"
 
 
+@_palette
 def plot_expiry_overview(results):
     """Compare expiry runs: recomputes and misses per expiry, and when the backend was called.
 
@@ -223,7 +266,7 @@ def plot_expiry_overview(results):
     )
     x = np.arange(len(results))
     recomputes = [r.summary["recomputes_per_expiry"] for r in results]
-    bars = left.bar(x, recomputes, color="#1f77b4", label="measured (mean)")
+    bars = left.bar(x, recomputes, color=BLUE, label="measured (mean)")
     left.bar_label(bars, fmt="%.2f")
     expected = [
         (i, math.exp(1 / r.summary["beta"])) for i, r in enumerate(results) if r.summary["beta"]
@@ -234,7 +277,7 @@ def plot_expiry_overview(results):
     left.set_ylabel("backend calls per expiry")
     left.set_title("Recomputes per expiry")
     misses = [r.summary["misses"] / max(1, r.summary["expiries"]) for r in results]
-    bars = middle.bar(x, misses, color="#d62728", label="requests that found no value")
+    bars = middle.bar(x, misses, color=VERMILLION, label="requests that found no value")
     middle.bar_label(bars, fmt="%.1f")
     middle.set_ylabel("misses per expiry (requests)")
     middle.set_title("Requests that waited for a load")
@@ -267,6 +310,7 @@ def _event_time(events: pd.DataFrame, when: float | str) -> float:
     return float(when)
 
 
+@_palette
 def plot_events(
     events: pd.DataFrame,
     *,
@@ -295,7 +339,7 @@ def plot_events(
     ax = _axes(ax, size=(10, max(3.0, height)))
     origin = float(events["t_ms"].min())
     row = {actor: len(lanes) - 1 - i for i, actor in enumerate(lanes)}  # first actor on top
-    colors = {actor: f"C{i % 10}" for i, actor in enumerate(lanes)}
+    colors = {actor: PALETTE[i % len(PALETTE)] for i, actor in enumerate(lanes)}
     end = float(events["t_ms"].max()) - origin
     seen: set[str] = set()
     for actor, start, stop, label in spans:
@@ -331,6 +375,7 @@ def plot_events(
     return ax
 
 
+@_palette
 def plot_backend_rate(
     results,
     labels: list[str] | None = None,
@@ -377,6 +422,7 @@ def plot_backend_rate(
     return ax
 
 
+@_palette
 def plot_xfetch_sweep(
     simulated: pd.DataFrame,
     live=None,
@@ -402,11 +448,11 @@ def plot_xfetch_sweep(
     grid = np.linspace(lo * 0.95, hi * 1.05, 200)
     ax.plot(grid, np.exp(1 / grid), color="black", lw=1.5, label="closed form e^(1/β)")
     per_beta = int(means["size"].min())
-    ax.plot(betas, means["mean"], marker="o", color="#1f77b4",
-            label=f"simulated (mean of {per_beta} expiries per β)")  # fmt: skip
+    label = f"simulated: calls per expiry, early and missed (mean of {per_beta} per β)"
+    ax.plot(betas, means["mean"], marker="o", color=BLUE, label=label)
     if live is not None and len(live):
         ax.scatter(live["beta"], live["recomputes_per_expiry"], s=140, facecolors="none",
-                   edgecolors="#d62728", linewidths=2, zorder=3,
+                   edgecolors=VERMILLION, linewidths=2, zorder=3,
                    label="measured live on Redis (run_expiry)")  # fmt: skip
     ax.axhline(2, ls="--", color="grey", lw=1,
                label=f"2 recomputes: the paper's bound at β = {mark_beta:g}")  # fmt: skip
@@ -420,6 +466,7 @@ def plot_xfetch_sweep(
     return ax
 
 
+@_palette
 def plot_invalidation(results):
     """Compare invalidation modes: stale reads per mode, and every stale read over time.
 
@@ -434,16 +481,19 @@ def plot_invalidation(results):
     )
     x = np.arange(len(results))
     total = [r.summary["stale_reads"] for r in results]
-    bars = left.bar(x - 0.2, total, width=0.4, color="#ff7f0e", label="stale reads (all)")
+    bars = left.bar(x - 0.2, total, width=0.4, color=ORANGE, label="stale reads (all)")
     left.bar_label(bars)
     cut = [i for i, r in enumerate(results) if r.summary["reconnected_s"] is not None]
-    if cut:  # only runs whose subscribers were cut off have an "after reconnecting"
-        after = [results[i].summary["stale_after_reconnect"] for i in cut]
-        bars = left.bar(x[cut] + 0.2, after, width=0.4, color="#d62728", label="after reconnecting")
+    if cut:  # only runs whose subscribers were cut off have reads left behind
+        after = [results[i].summary["left_behind"] for i in cut]
+        window = results[cut[0]].summary["delivery_window_ms"]
+        label = f"left behind: after reconnecting, > {window:g} ms stale"
+        bars = left.bar(x[cut] + 0.2, after, width=0.4, color=VERMILLION, hatch="//",
+                        edgecolor="white", label=label)  # fmt: skip
         left.bar_label(bars)
     left.set_xticks(x, modes, rotation=15)
     left.set_xlabel("invalidation mode")
-    left.set_ylabel("reads that returned an outdated version")
+    left.set_ylabel("reads that returned an outdated version (reads)")
     reads = results[0].summary["reads"]
     left.set_title(f"Stale reads out of about {reads} per run")
     left.legend()
@@ -474,6 +524,7 @@ def _short_ms(ms: float) -> str:
     return f"{ms * 1000:.3g} µs" if ms < 1 else f"{ms:.3g} ms"
 
 
+@_palette
 def plot_latency_distribution(
     frame: pd.DataFrame,
     *,
@@ -519,7 +570,7 @@ def plot_latency_distribution(
     return ax
 
 
-WORKLOAD_COLORS = {"cold start": "#1f77b4", "expiries": "#ff7f0e", "writes": "#9467bd"}
+WORKLOAD_COLORS = {"cold start": BLUE, "expiries": ORANGE, "writes": PURPLE}
 
 
 def _grouped_positions(groups: pd.Series, gap: float = 1.2) -> tuple[np.ndarray, dict]:
@@ -544,6 +595,7 @@ def _figure(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
+@_palette
 def plot_comparison(frame: pd.DataFrame, *, title: str | None = None):
     """Four panels comparing the rows of :func:`~cachelab.experiments.compare_policies`.
 
@@ -554,7 +606,7 @@ def plot_comparison(frame: pd.DataFrame, *, title: str | None = None):
     """
     rows = frame.reset_index(drop=True)
     y, starts = _grouped_positions(rows["workload"])
-    colors = [WORKLOAD_COLORS.get(w, "#7f7f7f") for w in rows["workload"]]
+    colors = [WORKLOAD_COLORS.get(w, GREY) for w in rows["workload"]]
     fig, axes = plt.subplots(
         2, 2, figsize=(13, 3 + 0.5 * (y.max() + 1)), sharey=True, layout="constrained"
     )
@@ -590,7 +642,7 @@ def plot_comparison(frame: pd.DataFrame, *, title: str | None = None):
 
     marked, outdated = rows["stale_served"] * share, rows["outdated_reads"] * share
     stale.barh(y, marked, color=colors)
-    stale.barh(y, outdated, left=marked, color="#d62728", hatch="//", edgecolor="white",
+    stale.barh(y, outdated, left=marked, color=VERMILLION, hatch="//", edgecolor="white",
                label="outdated after a write, served as fresh")  # fmt: skip
     for yi, total in zip(y, marked + outdated, strict=True):
         stale.annotate(_percent(total), (total, yi), xytext=(2, 0), textcoords="offset points",
@@ -625,6 +677,7 @@ _FAULT_LABELS = {
 }
 
 
+@_palette
 def plot_outage(result, *, title: str | None = None):
     """Request latency over time during an outage, one panel per mode, the outage shaded.
 
@@ -640,7 +693,7 @@ def plot_outage(result, *, title: str | None = None):
     )  # fmt: skip
     for ax, row in zip(axes[:, 0], summary.itertuples(), strict=True):
         requests = result.requests[result.requests["mode"] == row.mode]
-        ax.axvspan(row.failed_s, row.restored_s, color="#d62728", alpha=0.12, lw=0,
+        ax.axvspan(row.failed_s, row.restored_s, color=VERMILLION, alpha=0.12, lw=0,
                    label=_FAULT_LABELS.get(row.fault, "Redis unavailable"))  # fmt: skip
         for outcome, rows in requests.groupby("outcome", sort=False):
             ax.scatter(rows["t_s"], rows["latency_ms"].clip(lower=0.01), s=6,

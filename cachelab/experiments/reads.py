@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..testing import SlowBackend
+from .plots import _palette
+from .traffic import quiet_gc
 
 __all__ = ["READ_COLUMNS", "measure_reads", "plot_reads"]
 
@@ -32,15 +34,17 @@ async def measure_reads(
     """
     keys = list(workload)
     rows = []
-    for name, read in strategies.items():
-        for i, key in enumerate(keys):
-            calls, start = backend.calls, time.perf_counter()
-            await read(key)
-            latency = (time.perf_counter() - start) * 1000
-            rows.append((name, i, key, latency, backend.calls > calls))
+    with quiet_gc():
+        for name, read in strategies.items():
+            for i, key in enumerate(keys):
+                calls, start = backend.calls, time.perf_counter()
+                await read(key)
+                latency = (time.perf_counter() - start) * 1000
+                rows.append((name, i, key, latency, backend.calls > calls))
     return pd.DataFrame(rows, columns=READ_COLUMNS)
 
 
+@_palette
 def plot_reads(reads: pd.DataFrame):
     """Left: each request's latency (log scale). Right: the hit ratio so far, per strategy."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")

@@ -10,6 +10,7 @@ single-flight it is one per instance.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ from ..instances import StampedePlan, prepare_instance, run_in_processes
 from ..metrics import Outcome
 from ..testing import BACKEND_COLUMNS, Gate
 from ._checks import known_policy
+from .traffic import quiet_gc
 
-__all__ = ["REQUEST_COLUMNS", "StampedeResult", "run_stampede", "sweep_stampede"]
+__all__ = ["REQUEST_COLUMNS", "StampedeResult", "run_arrivals", "run_stampede", "sweep_stampede"]
 
 REQUEST_COLUMNS = ["policy", "instance", "client", "start_ms", "end_ms", "latency_ms", "outcome"]
 SUMMARY_COLUMNS = [
@@ -139,8 +141,9 @@ async def _run_in_this_loop(base, plan: StampedePlan, assignments: list[list[int
         for i, (pool, ids) in enumerate(zip(pools, assignments, strict=True)):
             runs.append(await prepare_instance(i, pool, plan, ids, backend, gate))
         await gate.arrivals(sum(map(len, assignments)))
-        opened = gate.open()
-        rows = [row for finished in await asyncio.gather(*runs) for row in finished]
+        with quiet_gc():
+            opened = gate.open()
+            rows = [row for finished in await asyncio.gather(*runs) for row in finished]
     finally:
         for run in runs:
             run.cancel()
@@ -189,6 +192,75 @@ def _result(rows, calls: pd.DataFrame, plan: StampedePlan, clients, instances) -
         "max_ms": float(latency.max()),
     }
     return StampedeResult(frame, calls, summary)
+
+
+async def run_arrivals(
+    clients: int = 200,
+    spread_ms: float = 200.0,
+    loader_ms: float = 50.0,
+    policy: str = "none",
+    *,
+    redis: aioredis.Redis | None = None,
+    ttl: float = 60.0,
+) -> StampedeResult:
+    """``clients`` requests for one cold key, arriving one after another, evenly spread over
+    ``spread_ms`` (one instance): arrivals at a steady rate, instead of all at once.
+
+    The herd is then the requests that arrive while the key is missing, about *arrival rate x
+    time the key stays missing*. Besides the usual summary, ``first_stored_ms`` is when the first
+    load's value was in Redis (its request's end), and ``arrived_while_missing`` counts the
+    requests that started before that moment: only they can have missed.
+    """
+    _check_counts(clients, 1, loader_ms)
+    known_policy(policy)
+    if not isinstance(spread_ms, int | float) or isinstance(spread_ms, bool) or spread_ms < 0:
+        raise ConfigurationError(f"spread_ms must be a number >= 0, got {spread_ms!r}")
+    owned = redis is None
+    base = await connect(quiet=True) if owned else redis
+    plan = StampedePlan(
+        namespace=f"cachelab:arrivals:{uuid.uuid4().hex[:12]}", policy=policy,
+        loader_ms=float(loader_ms), jitter_ms=0.0, failures=0, ttl=ttl,
+        connections=min(64, clients), seed=None,
+    )  # fmt: skip
+    pool = clone_client(base, max_connections=plan.connections)
+    cache = Cache(pool, namespace=plan.namespace, ttl=ttl, policy=policy)
+    backend, gate = plan.backend(), Gate()
+
+    async def loader():
+        return await backend.fetch("hot")
+
+    async def request(client_id: int) -> dict:
+        await gate.wait()
+        await asyncio.sleep(client_id * spread_ms / clients / 1000)
+        start = time.perf_counter()
+        try:
+            outcome = (await cache.lookup("hot", loader)).outcome
+        except Exception:
+            outcome = Outcome.ERROR
+        return {"instance": 0, "client": client_id, "start": start, "end": time.perf_counter(),
+                "outcome": str(outcome)}  # fmt: skip
+
+    try:
+        await _warm(pool, plan.connections)
+        runs = asyncio.gather(*(request(c) for c in range(clients)))
+        await gate.arrivals(clients)
+        with quiet_gc():
+            opened = gate.open()
+            rows = await runs
+        await cache.clear()
+    finally:
+        await pool.aclose()
+        if owned:
+            await base.aclose()
+    result = _result(_relative(rows, opened), backend.calls_frame(origin=opened), plan, clients, 1)
+    loads = result.requests[result.requests["outcome"] == Outcome.LOAD]
+    first_stored = float(loads["end_ms"].min()) if len(loads) else float("nan")
+    result.summary.update(
+        spread_ms=float(spread_ms),
+        first_stored_ms=first_stored,
+        arrived_while_missing=int((result.requests["start_ms"] < first_stored).sum()),
+    )
+    return result
 
 
 async def _warm(client: aioredis.Redis, connections: int) -> None:
