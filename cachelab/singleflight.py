@@ -97,11 +97,12 @@ class SingleFlightStatistics:
 
 
 class _Call(Generic[T]):
-    __slots__ = ("callers", "task")
+    __slots__ = ("callers", "keys", "task")
 
-    def __init__(self, task: asyncio.Task[T]) -> None:
+    def __init__(self, task: asyncio.Task[T], key: Hashable) -> None:
         self.task = task
         self.callers = 0
+        self.keys = [key]
 
 
 class SingleFlight:
@@ -128,8 +129,8 @@ class SingleFlight:
     async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         call = self._calls.get(key)
         if call is None:
-            call = self._calls[key] = _Call(asyncio.ensure_future(fn()))
-            call.task.add_done_callback(lambda _t, key=key, call=call: self._finished(key, call))
+            call = self._calls[key] = _Call(asyncio.ensure_future(fn()), key)
+            call.task.add_done_callback(lambda _t, call=call: self._finished(call))
         call.callers += 1
         try:
             value = await asyncio.shield(call.task)
@@ -139,7 +140,7 @@ class SingleFlight:
                 # Nobody wants the result any more. Forget the key first: the work may take a
                 # while to wind down (a clean-up that awaits Redis), and a caller arriving
                 # meanwhile must start afresh, not join a flight that is being cancelled.
-                self._finished(key, call)
+                self._finished(call)
                 cancel_for_good(call.task)  # once may not stick: see cachelab.tasks
             if call.task.done() and not call.task.cancelled():
                 call.task.exception()  # mark any error as retrieved: nobody is left to see it
@@ -150,9 +151,18 @@ class SingleFlight:
         """Detach ``key``: later callers start a new call even while the current one runs."""
         self._calls.pop(key, None)
 
-    def _finished(self, key: Hashable, call: _Call[Any]) -> None:
-        if self._calls.get(key) is call:
-            del self._calls[key]
+    def alias(self, key: Hashable, also: Hashable) -> None:
+        """Let callers of ``also`` join the call in flight for ``key`` (until it ends), as if
+        they had come for ``key``; nothing happens if no call for ``key`` is in flight."""
+        call = self._calls.get(key)
+        if call is not None and also not in self._calls:
+            self._calls[also] = call
+            call.keys.append(also)
+
+    def _finished(self, call: _Call[Any]) -> None:
+        for key in call.keys:
+            if self._calls.get(key) is call:
+                del self._calls[key]
 
     def statistics(self) -> SingleFlightStatistics:
         return SingleFlightStatistics(

@@ -472,3 +472,29 @@ async def test_work_that_swallows_a_cancellation_still_ends_when_every_caller_le
     await asyncio.wait_for(swallowed.wait(), 1)
     await asyncio.wait_for(finished.wait(), 2)  # cancelled again: it did not run on
     assert len(sf) == 0
+
+
+async def test_an_alias_joins_the_call_in_flight_and_ends_with_it():
+    flight = SingleFlight()
+    release = asyncio.Event()
+    calls = 0
+
+    async def work():
+        nonlocal calls
+        calls += 1
+        mine = calls
+        await release.wait()
+        return mine
+
+    first = asyncio.create_task(flight.do("a", work))
+    await asyncio.sleep(0)
+    flight.alias("a", "b")
+    flight.alias("missing", "c")  # nothing in flight for it: no alias
+    joined = asyncio.create_task(flight.do("b", work))
+    alone = asyncio.create_task(flight.do("c", work))
+    await asyncio.sleep(0)
+    release.set()
+    assert await first == (1, True)
+    assert await joined == (1, True)  # joined the call for "a"
+    assert await alone == (2, False)  # "c" was not an alias: a call of its own
+    assert len(flight) == 0  # the alias went with the call

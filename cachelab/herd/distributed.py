@@ -111,6 +111,9 @@ class Distributed(LocalSingleFlight):
             claimed = await self._wait_for_holder(key, lock, deadline, read.unreadable)
         if isinstance(claimed, Entry):
             return claimed.value, Outcome.SHARED
+        # Our own grant moved the fence: callers here that read it now join this load instead
+        # of starting one that would wait on Redis for it.
+        self.loads.alias((key, read.fence), (key, claimed))
         return await self._hold(key, lock, claimed, produce), Outcome.LOAD
 
     async def _claim(self, key: str, lock: RedisLock, unreadable: bytes) -> Entry | int | None:

@@ -65,7 +65,9 @@ class Lease(LocalSingleFlight):
         while True:
             kind, first, _pttl = await self.store.lease(key, self._lease_ms, unreadable=unreadable)
             if kind == 3:
-                return await self._fill(key, int(first), produce), Outcome.LOAD
+                token = int(first)
+                self.loads.alias((key, read.fence), (key, token))  # our grant: join, not wait
+                return await self._fill(key, token, produce), Outcome.LOAD
             if kind == 1 or first:
                 entry = self.store.decode(first)
                 if entry is not None:
