@@ -1,9 +1,11 @@
-"""The header every notebook starts with: Colab and Binder badges, and the Colab setup cell.
+"""Colab and Binder: the header each notebook starts with, and the binder/ folder.
 
-``scripts/notebook-header`` writes it (the notebooks' content is written by others, and it must
-survive their rewrites); these tests hold it to one header per notebook, made from the one
-repository address in pyproject.toml, harmless outside Colab, and the script idempotent.
-The setup cell in a clean install without a Redis is in tests/test_packaging.py.
+``scripts/notebook-header`` writes the header (badges, the Colab setup cell), since the notebooks'
+content is written by others and it must survive their rewrites; these tests hold it to one
+header per notebook, made from the one repository address in pyproject.toml, harmless outside
+Colab, and the script idempotent. The setup cell in a clean install without a Redis is in
+tests/test_packaging.py. mybinder.org cannot be reached from CI: binder/start is run here, in a
+private network namespace, and the kernels' connect() must find its Redis.
 """
 
 from __future__ import annotations
@@ -161,9 +163,7 @@ def test_an_unexecuted_notebook_gets_an_unexecuted_setup_cell(tmp_path):
     path.write_text(header.dumps(nb))
     run_script(path)
     nb = json.loads(path.read_text())
-    assert [c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"] == [
-        None
-    ] * 5
+    assert [c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"] == [None] * 5
 
 
 def test_a_notebook_without_a_title_gets_the_header_first(tmp_path):
@@ -179,7 +179,7 @@ def test_a_notebook_without_a_title_gets_the_header_first(tmp_path):
 def test_the_repository_address_must_be_a_github_one(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project.urls]\nRepository = "https://gitlab.com/a/b"\n')
-    with pytest.raises(SystemExit, match="is not https://github.com/OWNER/NAME"):
+    with pytest.raises(SystemExit, match=r"is not https://github\.com/OWNER/NAME"):
         header.repository(pyproject)
 
 
@@ -188,7 +188,10 @@ def test_the_repository_address_must_be_a_github_one(tmp_path):
 
 @pytest.fixture
 def no_redis_url(monkeypatch, stop_embedded):
-    monkeypatch.delenv("REDIS_URL", raising=False)
+    """No REDIS_URL, and whatever colab_redis() sets removed afterwards (monkeypatch restores
+    only what it changed, so it is made to change it)."""
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.delenv("REDIS_URL")
 
 
 async def test_colab_redis_starts_the_embedded_server_that_connect_then_uses(
@@ -236,3 +239,59 @@ def test_colab_redis_leaves_a_redis_url_alone(monkeypatch):
     assert classroom.colab_redis() == (
         "cachelab: notebooks use REDIS_URL (redis://:***@example.invalid:6379)"
     )
+
+
+# --- Binder ------------------------------------------------------------------------------------
+
+BINDER = ROOT / "binder"
+STARTED = """
+import asyncio
+
+import cachelab
+
+
+async def main():
+    redis = await cachelab.connect(quiet=True)
+    try:
+        print(cachelab.source_of(redis).kind, await redis.ping())
+    finally:
+        try:
+            await redis.execute_command("SHUTDOWN", "NOSAVE")  # the server binder/start ran
+        except Exception:
+            pass  # it closes the connection as it goes
+        await redis.aclose()
+
+
+asyncio.run(main())
+"""
+
+
+def without_redis_url(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, **extra}
+
+
+def test_binder_builds_python_redis_and_cachelab_lab():
+    """What repo2docker reads from binder/ (mybinder itself cannot be reached from CI)."""
+    import yaml
+
+    env = yaml.safe_load((BINDER / "environment.yml").read_text())
+    assert "conda-forge" in env["channels"]
+    assert {"python=3.11", "pip", "redis-server"} <= set(env["dependencies"])
+    assert 'pip install --no-cache-dir ".[lab]"' in (BINDER / "postBuild").read_text()
+    for script in ("postBuild", "start"):
+        assert os.access(BINDER / script, os.X_OK), f"binder/{script} must be executable"
+
+
+def test_binder_start_runs_a_redis_that_the_kernels_find(tmp_path):
+    """binder/start, then a kernel's connect(), in a private network namespace: its own
+    127.0.0.1, where port 6379 is free (this machine's shared Redis is not in it)."""
+    inside = 'ip link set lo up && exec "$0" "$@"'
+    result = subprocess.run(
+        ["unshare", "-rn", "bash", "-c", inside, str(BINDER / "start"), sys.executable, "-c",
+         STARTED],
+        capture_output=True, text=True, timeout=120, env=without_redis_url(TMPDIR=str(tmp_path)),
+    )  # fmt: skip
+    if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+        pytest.fail(f"this test needs `unshare -rn` (user and network namespaces): {result.stderr}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "local True"  # "a server already running on this machine"
