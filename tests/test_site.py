@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
-from test_browser import browser_unavailable, chromium_executable
+import test_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -149,23 +149,13 @@ def resolve(site: Path, page: Path, href: str) -> tuple[Path | None, str]:
     return target, unquote(parts.fragment)
 
 
+chromium = test_browser.chromium  # the fixture: the system Chromium, else skip (in CI, fail)
+
+
 @pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        browser_unavailable("playwright is not installed (it is in the dev group: `uv sync`)")
-    path = chromium_executable()
-    if path is None:
-        browser_unavailable("no Chromium found (no `chromium` on PATH, CHROMIUM_PATH unset)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=path, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
+def browser(chromium):
+    with test_browser.launched(chromium) as instance:
+        yield instance
 
 
 def committed_charts(path: Path) -> int:
