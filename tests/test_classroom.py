@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import nbformat
@@ -136,15 +137,170 @@ def test_list_covers_every_repository_notebook_and_its_parameters():
             assert f"{name}={value} ({note})" in result.clean_stdout
 
 
-def test_list_without_a_notebooks_folder_says_how_to_get_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        classroom, "default_notebook_dir", lambda: tmp_path / "site-packages" / "nb"
-    )
+def test_an_install_without_notebooks_says_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(classroom, "checkout_notebook_dir", lambda: None)
+    monkeypatch.setattr(classroom, "packaged_notebook_dir", lambda: None)
+    monkeypatch.chdir(tmp_path)
     result = run("notebook", "list")
     assert result.exit_code == 1
-    assert "no notebooks folder at" in result.clean_stderr
-    assert "Clone the cachelab repository" in result.clean_stderr
+    assert "has no notebooks: it was built without them" in result.clean_stderr
     assert "--notebook-dir" in result.clean_stderr
+
+
+# --- installed from a wheel: the packaged notebooks and the student's working copy ---------------
+
+
+@pytest.fixture
+def installed(folder, tmp_path, monkeypatch) -> Path:
+    """cachelab as a wheel installs it: no checkout, ``folder`` as the packaged notebooks (with
+    an image beside them), run from an empty folder of the student's. Returns that folder."""
+    (folder / "images").mkdir()
+    (folder / "images" / "diagram.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.setattr(classroom, "checkout_notebook_dir", lambda: None)
+    monkeypatch.setattr(classroom, "packaged_notebook_dir", lambda: folder)
+    home = tmp_path / "student"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    return home
+
+
+PACKAGED = ["01_alpha.ipynb", "02_beta_divides.ipynb", "02_beta_other.ipynb", "images/diagram.png"]
+
+
+def test_the_working_copy_is_made_once_and_edits_are_never_overwritten(folder, installed):
+    work = installed / "cachelab-notebooks"
+    first = classroom.prepare_working_copy(work)
+    assert (first.copied, first.updated, first.kept) == (PACKAGED, [], [])
+    for name in PACKAGED:
+        assert (work / name).read_bytes() == (folder / name).read_bytes()
+
+    again = classroom.prepare_working_copy(work)
+    assert (again.copied, again.updated, again.kept) == ([], [], [])
+
+    edited = work / "01_alpha.ipynb"
+    edited.write_text(edited.read_text().replace("Why it matters.", "My notes."))
+    (work / "02_beta_other.ipynb").unlink()  # deleted: copied again
+    write_notebook(folder / "02_beta_divides.ipynb", "Beta divides, v2", "DIVISOR = 2")
+    write_notebook(folder / "01_alpha.ipynb", "Alpha, v2", "N = 4")  # and edited: kept
+    later = classroom.prepare_working_copy(work)
+    assert later.copied == ["02_beta_other.ipynb"]
+    assert later.updated == ["02_beta_divides.ipynb"]  # the student never changed it
+    assert later.kept == ["01_alpha.ipynb"]
+    assert "My notes." in edited.read_text()
+    assert "Beta divides, v2" in (work / "02_beta_divides.ipynb").read_text()
+
+
+def test_the_working_copy_refuses_a_file_before_writing(installed):
+    (installed / "taken").write_text("not a folder")
+    with pytest.raises(ConfigurationError, match="taken is a file; pass a folder"):
+        classroom.prepare_working_copy(installed / "taken")
+    assert sorted(p.name for p in installed.iterdir()) == ["taken"]
+
+
+def test_list_and_run_use_the_working_copy_else_the_packaged_notebooks(folder, installed):
+    assert classroom.notebook_dir() == folder  # no working copy yet: the packaged ones
+    result = run("notebook", "list")
+    assert result.exit_code == 0, result.output
+    assert f"notebooks in {folder}" in result.clean_stderr
+    assert "Alpha: every kind of parameter" in result.clean_stdout
+
+    classroom.prepare_working_copy(installed / "cachelab-notebooks")
+    work = (installed / "cachelab-notebooks").resolve()
+    assert classroom.notebook_dir().resolve() == work
+    result = run("notebook", "list")
+    assert f"notebooks in {work}" in result.clean_stderr
+
+    result = run("notebook", "list", "--dir", "elsewhere")
+    assert result.exit_code == 1
+    assert "elsewhere holds no notebooks yet; `cachelab lab --dir elsewhere`" in result.clean_stderr
+
+
+def test_reset_restores_the_packaged_notebook_and_keeps_the_edit_aside(folder, installed):
+    work = installed / "cachelab-notebooks"
+    classroom.prepare_working_copy(work)
+    mine = work / "01_alpha.ipynb"
+    mine.write_text(mine.read_text().replace("Why it matters.", "My notes."))
+
+    result = run("notebooks", "reset", "1")  # the plural works too
+    assert result.exit_code == 0, result.output
+    assert mine.read_bytes() == (folder / "01_alpha.ipynb").read_bytes()
+    (backup,) = (work / classroom.BACKUPS).iterdir()
+    assert "My notes." in backup.read_text()
+    message = " ".join(result.clean_stdout.split())
+    assert f"restored {Path('cachelab-notebooks') / '01_alpha.ipynb'}" in message
+    assert f"your edited copy is now {Path('cachelab-notebooks') / classroom.BACKUPS}" in message
+    assert classroom.prepare_working_copy(work).kept == []  # restored: no longer an edit
+
+    result = run("notebook", "reset", "01")  # nothing of the student's to keep
+    assert result.exit_code == 0 and "your edited copy" not in result.output
+
+
+def test_reset_in_a_checkout_points_at_git(tmp_path):
+    result = run("notebook", "reset", "01")
+    assert result.exit_code == 1
+    assert "holds the original notebooks, not a copy" in result.clean_stderr
+    assert "git checkout -- " in result.clean_stderr
+    result = run("notebook", "reset", "01", "--dir", str(tmp_path / "copy"))  # a copy: fine
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "copy" / "01_stampede_and_single_flight.ipynb").read_bytes() == (
+        NOTEBOOKS / "01_stampede_and_single_flight.ipynb"
+    ).read_bytes()
+
+
+class FakeLab:
+    """Stands in for JupyterLab: what ``cachelab lab`` would serve, without starting it."""
+
+    served: ClassVar[list[Path]] = []
+
+    def __init__(self, folder, port, *, redis_url=None):
+        self.folder, self.url = folder, f"http://127.0.0.1:{port}/lab?token=x"
+        FakeLab.served.append(Path(folder))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+    def wait(self):
+        return 0
+
+
+def test_lab_outside_a_checkout_copies_once_and_says_which_edits_it_kept(
+    folder, installed, monkeypatch
+):
+    monkeypatch.setattr(classroom, "Lab", FakeLab)
+    FakeLab.served = []
+    first = run("lab", "--no-browser")
+    assert first.exit_code == 0, first.output
+    assert "copied 3 notebooks and 1 other file into cachelab-notebooks" in first.clean_stderr
+    work = (installed / "cachelab-notebooks").resolve()
+    assert FakeLab.served == [Path("cachelab-notebooks")]
+    assert f"JupyterLab serves {work};" in first.clean_stdout
+
+    mine = work / "02_beta_other.ipynb"
+    mine.write_text(mine.read_text().replace("Why it matters.", "My notes."))
+    second = run("lab", "--no-browser")
+    assert second.exit_code == 0, second.output
+    assert "copied" not in second.clean_stderr
+    message = " ".join(second.clean_stderr.split())
+    assert (
+        "kept your edited 02_beta_other.ipynb; `cachelab notebook reset NAME` restores "
+        "cachelab's version"
+    ) in message
+    assert "My notes." in mine.read_text()
+
+
+def test_lab_refuses_both_folder_options_and_a_file_as_dir(installed):
+    both = run("lab", "--no-browser", "--dir", "a", "--notebook-dir", str(installed))
+    assert both.exit_code == 1
+    assert "pass --dir or --notebook-dir, not both" in both.clean_stderr
+    (installed / "taken").write_text("")
+    taken = run("lab", "--no-browser", "--dir", "taken")
+    assert taken.exit_code == 1
+    assert "taken is a file; pass a folder for the notebooks with --dir" in taken.clean_stderr
+    assert "cachelab: using" not in taken.clean_stderr  # refused before looking for Redis
+    assert sorted(p.name for p in installed.iterdir()) == ["taken"]
 
 
 # --- names and parameters ------------------------------------------------------------------------
@@ -294,18 +450,21 @@ def test_a_failing_cell_exits_1_with_its_error_and_the_partial_notebook(folder, 
 class LabProcess:
     """``cachelab lab`` in its own process, as a teacher starts it; its output read as it comes."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str], cachelab: list[str] | None = None, cwd: Path = ROOT
+    ) -> None:
+        """``cachelab`` is the command that starts cachelab (default: this Python's)."""
         self.port = free_port()
+        command = cachelab or [sys.executable, "-m", "cachelab.cli"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cachelab.cli", "lab", "--no-browser", "--port", str(self.port),
-             *args],
+            [*command, "lab", "--no-browser", "--port", str(self.port), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=ROOT,
-        )  # fmt: skip
+            cwd=cwd,
+        )
         self.output: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

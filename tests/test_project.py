@@ -1,4 +1,5 @@
-"""The project's own promises: a tidy public API; environment.yml in step with pyproject.toml."""
+"""The project's own promises: a tidy public API; environment.yml in step with pyproject.toml
+(the library, its extras and the dev group)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,16 @@ def requirement_name(spec: str) -> str:
 
 
 def pyproject_requirements() -> list[str]:
+    """Every package pyproject.toml names: the library's, each extra's and the dev group's
+    (``cachelab[...]``, an extra or group asking for the others, is not a package of its own)."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return list(data["project"]["dependencies"]) + list(data["dependency-groups"]["dev"])
+    extras = data["project"].get("optional-dependencies", {})
+    named = [
+        *data["project"]["dependencies"],
+        *(r for requirements in extras.values() for r in requirements),
+        *data["dependency-groups"]["dev"],
+    ]
+    return [r for r in named if requirement_name(r) != "cachelab"]
 
 
 def environment_requirements() -> tuple[list[str], list[str]]:
