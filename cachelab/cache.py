@@ -448,8 +448,10 @@ class Cache:
         try:
             read = await self.policy.read(key)
             entry = read.entry
-            if entry is None or self.refresh_policy.verdict(entry, time.time()) is Verdict.FRESH:
-                return  # gone (a miss will load it) or refreshed already
+            if entry is not None and self.refresh_policy.verdict(entry, time.time()) is (
+                Verdict.FRESH
+            ):
+                return  # refreshed already (gone, it is refilled all the same)
             if await self.policy.revalidate(key, read, produce):
                 self.stats.background_refreshes += 1
         except Exception:  # nobody awaits this task: count, never leak "never retrieved"

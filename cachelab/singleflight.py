@@ -121,10 +121,14 @@ class SingleFlight:
         self._calls: dict[Hashable, _Call[Any]] = {}
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._distinct())
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._calls
+
+    def _distinct(self) -> list[_Call[Any]]:
+        """The calls in flight, each once (an alias is a second key for the same call)."""
+        return list({id(call): call for call in self._calls.values()}.values())
 
     async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         call = self._calls.get(key)
@@ -165,9 +169,8 @@ class SingleFlight:
                 del self._calls[key]
 
     def statistics(self) -> SingleFlightStatistics:
-        return SingleFlightStatistics(
-            in_flight=len(self._calls), callers=sum(c.callers for c in self._calls.values())
-        )
+        calls = self._distinct()
+        return SingleFlightStatistics(in_flight=len(calls), callers=sum(c.callers for c in calls))
 
 
 class _LeaderCancelled(Exception):

@@ -493,6 +493,8 @@ async def test_an_alias_joins_the_call_in_flight_and_ends_with_it():
     joined = asyncio.create_task(flight.do("b", work))
     alone = asyncio.create_task(flight.do("c", work))
     await asyncio.sleep(0)
+    assert len(flight) == 2  # "a" (alias "b") and "c": an alias is no second call
+    assert flight.statistics().callers == 3
     release.set()
     assert await first == (1, True)
     assert await joined == (1, True)  # joined the call for "a"
