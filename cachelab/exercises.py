@@ -257,6 +257,171 @@ async def _sf_cancel_one(answer, env) -> None:
     )
 
 
+# --- 01b: a per-tick batcher ---------------------------------------------------------------------
+
+
+class _FakeMget:
+    """An ``mget(keys)`` that records every call and answers ``"value of <key>"`` per key. Each
+    call gives the event loop a turn first (a round trip); it then waits for ``gate``, if given,
+    and raises ``fail``, if given."""
+
+    def __init__(self, *, fail: BaseException | None = None, gate: asyncio.Event | None = None):
+        self.calls: list[list[Any]] = []
+        self.fail, self.gate = fail, gate
+        self.called = asyncio.Event()
+
+    async def __call__(self, keys) -> list[str]:
+        keys = list(keys)
+        self.calls.append(keys)
+        self.called.set()
+        await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [f"value of {key}" for key in keys]
+
+
+async def _answered(awaitable: Awaitable[Any], expected: str, why: str) -> Any:
+    """``awaitable``'s result, or a Mismatch when its callers are still waiting after 2 s."""
+    try:
+        async with asyncio.timeout(2.0):
+            return await awaitable
+    except TimeoutError:
+        raise Mismatch(expected, "callers still waiting after 2 s", why) from None
+
+
+async def _tb_one(answer, env) -> None:
+    mget = _FakeMget()
+    value = await _answered(
+        answer(mget).get("a"), "an answer", "flush what waits at the end of the tick"
+    )
+    expect(
+        value == "value of a" and len(mget.calls) == 1,
+        "'value of a' from 1 mget call",
+        f"{value!r} from {len(mget.calls)} call(s)",
+        "get(key) returns the value mget gave for that key",
+    )
+
+
+async def _tb_one_tick(answer, env) -> None:
+    mget, keys = _FakeMget(), [f"user:{i}" for i in range(20)]
+    batcher = answer(mget)
+    results = await _answered(
+        asyncio.gather(*(batcher.get(key) for key in keys)),
+        "every caller answered",
+        "the first caller of a tick schedules one flush (loop.call_soon), and the flush resolves "
+        "every caller's future",
+    )
+    expect(
+        len(mget.calls) == 1,
+        "1 mget call for 20 callers in one tick",
+        f"{len(mget.calls)} calls",
+        "callers that ask in the same tick share one mget: queue each key with a future, and "
+        "send the whole queue when the tick ends (loop.call_soon)",
+    )
+    expect(
+        sorted(mget.calls[0]) == sorted(keys),
+        "the 20 keys in that call",
+        f"{mget.calls[0][:4]}...",
+        "the batch carries every key asked for in the tick",
+    )
+    expect(
+        list(results) == [f"value of {key}" for key in keys],
+        "each caller to get its own key's value",
+        f"{list(results)[:3]}...",
+        "mget answers in the order of the keys it was given: the i-th value is the i-th key's",
+    )
+
+
+async def _tb_next_tick(answer, env) -> None:
+    mget = _FakeMget()
+    batcher = answer(mget)
+    why = "a caller that comes after a batch was sent goes into the next one"
+    first = await _answered(batcher.get("a"), "an answer", why)
+    second = await _answered(batcher.get("b"), "an answer", why)
+    expect(
+        mget.calls == [["a"], ["b"]] and (first, second) == ("value of a", "value of b"),
+        "2 calls, [['a'], ['b']], and each its own value",
+        f"{mget.calls} and {first!r}, {second!r}",
+        "start a new queue for every tick: a sent key must not be sent again, and nothing is "
+        "cached",
+    )
+
+
+async def _tb_error(answer, env) -> None:
+    failure = BackendError("Redis went away")
+    mget = _FakeMget(fail=failure)
+    batcher = answer(mget)
+    results = await _answered(
+        asyncio.gather(batcher.get("a"), batcher.get("b"), return_exceptions=True),
+        "both callers to hear of the failure",
+        "when mget raises, give its exception to every caller of the batch (set_exception)",
+    )
+    expect(
+        all(result is failure for result in results),
+        "both callers to get mget's BackendError",
+        f"{[type(r).__name__ for r in results]}",
+        "one failed mget fails every read in it, and each caller must hear so",
+    )
+    mget.fail = None
+    value = await _answered(
+        batcher.get("c"), "an answer", "a failed batch must not stop the batcher"
+    )
+    expect(
+        value == "value of c",
+        "the next batch to work after a failed one",
+        f"{value!r}",
+        "a failed batch must leave the batcher ready for the next tick",
+    )
+
+
+async def _tb_cancel(answer, env) -> None:
+    gate = asyncio.Event()
+    mget = _FakeMget(gate=gate)
+    batcher = answer(mget)
+    callers = [asyncio.ensure_future(batcher.get(key)) for key in ("a", "b", "c")]
+    try:
+        await _answered(
+            mget.called.wait(), "a batch on its way", "send the queue when the tick ends"
+        )
+        callers[0].cancel()  # the first caller gives up while its batch is on its way
+        await asyncio.sleep(0)
+        gate.set()
+        results = await _answered(
+            asyncio.gather(*callers[1:], return_exceptions=True),
+            "the other 2 callers answered",
+            "skip a caller that gave up (its future is done: cancelled): set_result on it raises "
+            "InvalidStateError, and the callers after it never hear back",
+        )
+    finally:
+        for caller in callers:
+            caller.cancel()
+    expect(
+        list(results) == ["value of b", "value of c"],
+        "'value of b' and 'value of c' for the callers that stayed",
+        f"{results}",
+        "one caller giving up must not take the batch from the others",
+    )
+
+
+async def _tb_same_key(answer, env) -> None:
+    mget = _FakeMget()
+    batcher = answer(mget)
+    results = await _answered(
+        asyncio.gather(*(batcher.get(key) for key in ("a", "b", "a", "a"))),
+        "every caller answered",
+        "callers of the same key each need an answer",
+    )
+    expect(
+        len(mget.calls) == 1 and sorted(mget.calls[0]) == ["a", "b"]
+        and list(results) == ["value of a", "value of b", "value of a", "value of a"],
+        "one call for the keys ['a', 'b'], and every caller its key's value",
+        f"{mget.calls} and {results}",
+        "a key asked for twice in one tick is worth sending once",
+    )  # fmt: skip
+
+
 # --- 02: releasing a lock ------------------------------------------------------------------------
 
 
@@ -880,6 +1045,18 @@ EXERCISES: dict[str, Exercise] = {
             ("a failed call is not remembered: the next caller tries again", _sf_failure_forgotten),
         ],
         bonus=[("one caller giving up does not cancel the call for the others", _sf_cancel_one)],
+    ),
+    "tick_batcher": Exercise(
+        "A per-tick batcher",
+        "a class MyBatcher(mget) with async get(key); mget(keys) returns their values in order",
+        [
+            ("one caller gets its key's value", _tb_one),
+            ("callers in one tick share one mget, each gets its own value", _tb_one_tick),
+            ("a caller in a later tick goes into the next batch", _tb_next_tick),
+            ("a failed mget reaches every caller in its batch; the next batch works", _tb_error),
+            ("a caller that gives up does not break the batch for the others", _tb_cancel),
+        ],
+        bonus=[("a key asked for twice in one tick is sent once", _tb_same_key)],
     ),
     "lock_release": Exercise(
         "Releasing a Redis lock",

@@ -3,6 +3,7 @@ answers that are wrong in the usual ways are caught with a verdict that says why
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import re
@@ -53,6 +54,7 @@ def stubs() -> list[tuple[str, str, str, str]]:
 
 SOLVED = {
     "single_flight": ("01_single_flight.py", "MySingleFlight"),
+    "tick_batcher": ("01b_tick_batcher.py", "MyBatcher"),
     "lock_release": ("02_lock_release.py", "RELEASE_SCRIPT"),
     "xfetch_verdict": ("03_xfetch_verdict.py", "refresh_early"),
     "fenced_fill": ("03b_fenced_fill.py", "FENCED_FILL"),
@@ -112,6 +114,68 @@ async def test_a_flight_that_caches_fails_with_a_reason(redis):
     failed = [o for o in verdict.outcomes if not o.passed and not o.bonus]
     assert any("not a cache" in o.detail for o in failed), str(verdict)
     assert "expected" in str(verdict) and "✘" in str(verdict)
+
+
+class OneMgetPerKey:
+    """A "batcher" that sends every key on its own: correct answers, no batching."""
+
+    def __init__(self, mget):
+        self.mget = mget
+
+    async def get(self, key):
+        return (await self.mget([key]))[0]
+
+
+class TrustingBatcher:
+    """Batches per tick, but resolves every future it holds, a cancelled caller's too."""
+
+    def __init__(self, mget):
+        self.mget, self.waiting, self.sending = mget, [], set()
+
+    async def get(self, key):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.waiting:
+            loop.call_soon(self.flush)
+        self.waiting.append((key, future))
+        return await future
+
+    def flush(self):
+        batch, self.waiting = self.waiting, []
+        task = asyncio.ensure_future(self.send(batch))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def send(self, batch):
+        try:
+            values = await self.mget([key for key, _future in batch])
+        except Exception as exc:
+            for _key, future in batch:
+                future.set_exception(exc)
+            return
+        for (_key, future), value in zip(batch, values, strict=True):
+            future.set_result(value)  # InvalidStateError on a cancelled caller's future
+
+
+async def test_a_batcher_that_sends_one_mget_per_key_fails_with_a_reason(redis):
+    verdict = await check("tick_batcher", OneMgetPerKey, redis=redis)
+    assert not verdict.passed and not verdict.not_started
+    failed = {o.description: o.detail for o in verdict.outcomes if not o.passed}
+    assert set(failed) == {
+        "callers in one tick share one mget, each gets its own value",
+        "a key asked for twice in one tick is sent once",  # bonus
+    }, str(verdict)
+    detail = failed["callers in one tick share one mget, each gets its own value"]
+    assert "expected 1 mget call for 20 callers in one tick, saw 20 calls" in detail
+    assert "loop.call_soon" in detail
+
+
+async def test_a_batcher_that_answers_a_cancelled_caller_fails_the_cancel_check(redis):
+    verdict = await check("tick_batcher", TrustingBatcher, redis=redis)
+    failed = {o.description: o.detail for o in verdict.outcomes if not o.passed and not o.bonus}
+    reason = failed.pop("a caller that gives up does not break the batch for the others")
+    assert failed == {}, str(verdict)
+    assert "InvalidStateError" in reason and "callers still waiting after 2 s" in reason
 
 
 async def test_a_plain_del_release_fails_on_someone_elses_lock(redis):

@@ -258,3 +258,64 @@ def test_plot_invalidation_counts_what_was_left_behind_not_every_late_stale_read
     labels = [t.get_text() for t in left.texts]
     assert labels == ["40", "2", "35", "0"]
     assert "left behind: after reconnecting, > 100 ms stale" in legend_texts(left)
+
+
+# --- plot_hit_path (notebook 01b) -----------------------------------------------------------
+
+
+def hit_rows(name: str, rates: dict[int, list[float]]) -> list[dict]:
+    return [
+        {"contender": name, "concurrency": level, "round": i, "reads_per_s": rate}
+        for level, values in rates.items()
+        for i, rate in enumerate(values)
+    ]
+
+
+@pytest.fixture
+def hits() -> pd.DataFrame:
+    frame = pd.DataFrame(
+        hit_rows("redis-py GET + json.loads", {1: [5000, 6000, 7000], 50: [8000, 9000, 9500]})
+        + hit_rows("cachelab, batching on", {1: [10_000, 12_000, 11_000], 50: [50_000] * 3})
+    )
+    frame.attrs["skipped"] = {"redis-benchmark GET": "it was not asked for"}
+    return frame
+
+
+def test_plot_hit_path_is_log_log_with_title_units_and_legend(hits):
+    from cachelab.experiments import plot_hit_path
+
+    ax = plot_hit_path(hits)
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert ax.get_title() == "Hit throughput on warm keys (median of 3 rounds, bars min-max)"
+    assert "concurrent coroutines" in ax.get_xlabel() and "log scale" in ax.get_xlabel()
+    assert "reads/s" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "50"]
+    texts = legend_texts(ax)
+    assert texts[:2] == ["redis-py GET + json.loads", "cachelab, batching on"]
+    assert texts[2].replace("\n", " ") == "redis-benchmark GET: not measured, it was not asked for"
+
+
+def test_plot_hit_path_draws_medians_with_min_max_bars(hits):
+    from cachelab.experiments import plot_hit_path
+    from cachelab.experiments.plots import PALETTE
+
+    ax = plot_hit_path(hits)
+    raw, batched = ax.containers
+    line, _caps, (bars,) = raw.lines
+    assert line.get_xdata().tolist() == [1, 50]
+    assert line.get_ydata().tolist() == [6000, 9000]  # medians
+    spans = [segment[:, 1].tolist() for segment in bars.get_segments()]
+    assert spans == [[5000, 7000], [8000, 9500]]  # slowest to fastest round
+    assert batched.lines[0].get_ydata().tolist() == [11_000, 50_000]
+    colours = [c.lines[0].get_color().upper() for c in ax.containers]
+    assert colours == [c.upper() for c in PALETTE[:2]]
+    assert raw.lines[0].get_linestyle() != batched.lines[0].get_linestyle()  # not colour alone
+
+
+def test_plot_hit_path_draws_on_given_axes_and_without_skips(hits):
+    from cachelab.experiments import plot_hit_path
+
+    _fig, ax = plt.subplots()
+    hits.attrs = {}
+    assert plot_hit_path(hits, ax, title="mine") is ax
+    assert ax.get_title() == "mine" and len(legend_texts(ax)) == 2

@@ -7,8 +7,9 @@ premises: few clients and one instance, where a check must say why its premise d
 instead of failing, and small but busy settings where the checks do hold. A notebook whose checks
 were written for one run fails here.
 
-Budget, measured on the 2-CPU development machine: 20 runs of 6 to 19 s each (a kernel start
-of about 5 s plus a short run), 232 s in all, about 4 minutes on one pytest worker;
+Budget, measured on the 2-CPU development machine: 22 runs of 6 to 19 s each (a kernel start
+of about 5 s plus a short run), about 250 s in all (01b's two took 10 s and 8 s), a little over
+4 minutes on one pytest worker;
 ``--dist loadfile`` keeps this file on one worker while the other runs the rest of the suite.
 Larger parameter sets are for people, not CI.
 """
@@ -40,6 +41,10 @@ FAST: dict[str, list[dict]] = {
          "SPREAD_MS": 50, "FAILING_CLIENTS": 3},
         {"CLIENTS": 40, "CLIENT_COUNTS": [40], "INSTANCES": 2, "LOADER_MS": 60,
          "SHORT_LOADER_MS": 50, "SPREAD_MS": 10, "FAILING_CLIENTS": 2},
+    ],
+    "01b": [
+        {"CONCURRENCY": [1, 2], "READS": 500, "ROUNDS": 1},
+        {"CONCURRENCY": [1, 200], "READS": 1000, "ROUNDS": 1},
     ],
     "02": [
         {"CLIENTS": 10, "INSTANCES": 1, "PROCESSES": False, "LOCK_TTL_S": 0.5, "WAITERS": 2},

@@ -10,6 +10,7 @@ from .expiry import (
     simulate_xfetch,
 )
 from .faults import FaultResult, run_crashed_holder, run_paused_holder
+from .hitpath import HIT_PATH_COLUMNS, measure_hit_path
 from .hotkeys import HotKeyResult, run_hot_key_writes, run_mass_expiry
 from .latency import LATENCY_COLUMNS, measure_invalidation_latency
 from .outage import OUTAGE_COLUMNS, OUTAGE_MODES, OutageResult, run_outage
@@ -19,6 +20,7 @@ from .plots import (
     plot_comparison,
     plot_events,
     plot_expiry_overview,
+    plot_hit_path,
     plot_invalidation,
     plot_latency_cdf,
     plot_latency_distribution,
@@ -39,6 +41,7 @@ from .stampede import (
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "HIT_PATH_COLUMNS",
     "LATENCY_COLUMNS",
     "MODES",
     "OUTAGE_COLUMNS",
@@ -56,6 +59,7 @@ __all__ = [
     "StampedeResult",
     "compare_policies",
     "expected_xfetch_recomputes",
+    "measure_hit_path",
     "measure_invalidation_latency",
     "measure_reads",
     "plot_backend_calls",
@@ -63,6 +67,7 @@ __all__ = [
     "plot_comparison",
     "plot_events",
     "plot_expiry_overview",
+    "plot_hit_path",
     "plot_invalidation",
     "plot_latency_cdf",
     "plot_latency_distribution",

@@ -141,6 +141,24 @@ NOTEBOOK_PARAMETERS: dict[str, tuple[dict[str, Spec], list[Rule]]] = {
             ),
         ],
     ),
+    "01b": (
+        {
+            "CONCURRENCY": Values(Number(1, 1000), 1, 5),
+            "READS": Number(500, 50_000),
+            "ROUNDS": Number(1, 5),
+        },
+        [
+            Rule(
+                lambda p: len(set(p["CONCURRENCY"])) == len(p["CONCURRENCY"]),
+                "CONCURRENCY ({CONCURRENCY}) lists a value twice: give each once",
+            ),
+            Rule(
+                lambda p: p["READS"] >= max(p["CONCURRENCY"]),
+                "READS ({READS}) must be at least the largest value of CONCURRENCY "
+                "({CONCURRENCY}): every coroutine needs a read of its own",
+            ),
+        ],
+    ),
     "02": (
         {
             "CLIENTS": Number(1, 5000),

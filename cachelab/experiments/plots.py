@@ -28,6 +28,7 @@ __all__ = [
     "plot_comparison",
     "plot_events",
     "plot_expiry_overview",
+    "plot_hit_path",
     "plot_invalidation",
     "plot_latency_cdf",
     "plot_latency_distribution",
@@ -519,6 +520,13 @@ class _PlainLogFormatter(LogFormatter):
         return f"{x:g}"
 
 
+class _CountLogFormatter(LogFormatter):
+    """Log-axis tick labels as whole numbers with thousands separators (5,000, 20,000)."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:,.0f}"
+
+
 def _short_ms(ms: float) -> str:
     """A duration for a legend: µs below 1 ms, else ms, about three significant digits."""
     return f"{ms * 1000:.3g} µs" if ms < 1 else f"{ms:.3g} ms"
@@ -710,3 +718,39 @@ def plot_outage(result, *, title: str | None = None):
     axes[-1, 0].set_xlabel("request arrival (s since the start of the run)")
     fig.suptitle(title or "A Redis outage under steady traffic: what each mode does to requests")
     return fig
+
+
+@_palette
+def plot_hit_path(frame: pd.DataFrame, ax: Axes | None = None, *, title: str | None = None) -> Axes:
+    """Reads per second against concurrency, one line per contender, log-log.
+
+    ``frame`` is :func:`~cachelab.experiments.measure_hit_path`'s: each point is the median over
+    its rounds, the bar through it spans the slowest and the fastest round. A contender the run
+    skipped (``frame.attrs["skipped"]``) is named in the legend with the reason.
+    """
+    ax = _axes(ax, size=(10, 4.5))
+    styles, markers = ["-", "--", "-.", ":"], ["o", "s", "^", "D"]
+    for i, (name, rows) in enumerate(frame.groupby("contender", sort=False)):
+        by = rows.groupby("concurrency")["reads_per_s"].agg(["median", "min", "max"]).sort_index()
+        ax.errorbar(
+            by.index, by["median"], yerr=[by["median"] - by["min"], by["max"] - by["median"]],
+            ls=styles[i % len(styles)], marker=markers[i % len(markers)], capsize=3, label=name,
+        )  # fmt: skip
+    handles, labels = ax.get_legend_handles_labels()
+    for name, reason in frame.attrs.get("skipped", {}).items():
+        labels.append("\n".join(textwrap.wrap(f"{name}: not measured, {reason}", 60)))
+        handles.append(ax.plot([], [], ls="none")[0])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    levels = sorted(frame["concurrency"].unique())
+    ax.set_xticks(levels, [f"{level:,}" for level in levels])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.yaxis.set_major_formatter(_CountLogFormatter())
+    ax.yaxis.set_minor_formatter(_CountLogFormatter(minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("concurrent coroutines (redis-benchmark: connections; log scale)")
+    ax.set_ylabel("cache hits per second (reads/s, log scale)")
+    rounds = frame["round"].nunique()
+    ax.set_title(title or f"Hit throughput on warm keys (median of {rounds} rounds, bars min-max)")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
