@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["others_cpus_clause", "write_section"]
+__all__ = ["machine_line", "others_cpus_clause", "write_section"]
 
 
 def write_section(path: Path, section: str, name: str) -> None:
@@ -33,4 +33,16 @@ def others_cpus_clause(setup: dict) -> str:
     return (
         f"; other programs kept {setup['others_cpus']:.2f} of the {setup['cpus']} CPUs busy "
         "on average during the run"
+    )
+
+
+def machine_line(before: tuple[float, float, float]) -> str:
+    """``"Machine: N CPUs, load average ... before and ... after (date)."``: how busy it was."""
+    import datetime
+    import os
+
+    after = os.getloadavg()
+    return (
+        f"Machine: {os.cpu_count()} CPUs, load average {before[0]:.2f} (1 min) before and "
+        f"{after[0]:.2f} after ({datetime.date.today().isoformat()})."
     )

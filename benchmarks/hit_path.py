@@ -1,113 +1,108 @@
-"""Cache-hit cost: cachelab's get_or_set against a raw redis-py GET + json.loads.
+"""Cache-hit throughput: cachelab (batching on and off) against raw redis-py and redis-benchmark.
 
-Both run in the same event loop against the same server, in alternating rounds (ABAB...), so
-drift in the machine's speed affects both alike; the figure reported is the median over rounds of
-the throughput ratio cachelab / raw. Two shapes are measured:
+Everything runs in one process and one run, against the same server, through
+:func:`cachelab.experiments.measure_hit_path`: every contender reads warm keys with the same pool
+size, contenders alternate within each round (ABCD, BCDA, ...) so the machine's drift touches all
+alike, and the figures are medians over rounds of reads/s and of ratios taken within a round.
 
-- sequential: one coroutine, one request at a time (pure per-call overhead);
-- concurrent: WORKERS coroutines, each reading its own keys (no coalescing can help cachelab:
-  every request is a distinct key, so each one is a real GET).
+- *raw redis-py GET + json.loads*: the baseline, with hiredis (as cachelab has it);
+- *cachelab, batching off*: ``Cache(..., batching=False)``: one redis-py command per read;
+- *cachelab, batching on* (the default): reads issued in one event-loop tick go out as one MGET
+  on a pipelined connection parsed by hiredis;
+- *redis-benchmark GET*: the server's limit without pipelining, at the same number of
+  connections (a separate process in C: the ceiling, not a contender).
 
-Usage:  uv run python benchmarks/hit_path.py [--url URL] [--rounds 7] [--requests 2000]
-        [--write docs/benchmarks.md]
-Target (issue 2): cachelab >= 0.85 of raw.
+Usage:  uv run python benchmarks/hit_path.py [--url URL] [--rounds 7] [--reads 20000]
+        [--concurrency 1,10,50,200] [--write docs/benchmarks.md]
+Targets (issue 11): at 50 coroutines cachelab get_or_set >= 8x raw (goal 10x) and within 2x of
+redis-benchmark's non-pipelined GET rate at 50 connections; at 1 coroutine >= 0.95x raw.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import statistics
-import time
-import uuid
 from pathlib import Path
 
-from _report import write_section
+from _report import machine_line, write_section
 
 import cachelab
+from cachelab.experiments import measure_hit_path
+from cachelab.experiments.hitpath import BATCHING_OFF, BATCHING_ON, RAW, REDIS_BENCHMARK
 
-WORKERS = 50
-KEYS = 200
-
-
-async def raw_reads(redis, keys: list[str], requests: int, workers: int) -> float:
-    async def worker(offset: int) -> None:
-        for i in range(offset, requests, workers):
-            json.loads(await redis.get(keys[i % len(keys)]))
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(workers)))
-    return requests / (time.perf_counter() - start)
+CONCURRENT = 50
 
 
-async def cachelab_reads(cache, keys: list[str], requests: int, workers: int) -> float:
-    async def loader():
-        raise AssertionError("a hit-path benchmark must never load")
-
-    async def worker(offset: int) -> None:
-        for i in range(offset, requests, workers):
-            await cache.get_or_set(keys[i % len(keys)], loader)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(workers)))
-    return requests / (time.perf_counter() - start)
+def ratios(frame, contender: str, baseline: str, concurrency: int) -> list[float]:
+    """Per-round ratios of two contenders' reads/s at one concurrency."""
+    rows = frame[frame["concurrency"] == concurrency]
+    mine = rows[rows["contender"] == contender].set_index("round")["reads_per_s"]
+    base = rows[rows["contender"] == baseline].set_index("round")["reads_per_s"]
+    return [mine[r] / base[r] for r in mine.index if r in base.index]
 
 
-async def measure(url: str | None, rounds: int, requests: int) -> dict:
+async def measure(url: str | None, rounds: int, reads: int, levels: list[int]) -> dict:
     redis = await cachelab.connect(url, quiet=True)
-    source = cachelab.source_of(redis)
-    namespace = f"bench:hit:{uuid.uuid4().hex[:8]}"
-    cache = cachelab.Cache(redis, namespace=namespace, ttl=600)
-    value = {"id": 1, "name": "Ada Lovelace", "tags": ["math", "engines"], "score": 0.97}
-    keys = [f"k{i}" for i in range(KEYS)]
-    raw_keys = [f"{namespace}:raw:{k}" for k in keys]
-    results = {}
     try:
-        for k, rk in zip(keys, raw_keys, strict=True):
-            await cache.set(k, value)
-            await redis.set(rk, json.dumps(value), ex=600)
-        for shape, workers in (("sequential", 1), ("concurrent", WORKERS)):
-            n = requests // 4 if workers == 1 else requests
-            await raw_reads(redis, raw_keys, n, workers)  # warm up connections and caches
-            await cachelab_reads(cache, keys, n, workers)
-            raw, ours = [], []
-            for _ in range(rounds):
-                raw.append(await raw_reads(redis, raw_keys, n, workers))
-                ours.append(await cachelab_reads(cache, keys, n, workers))
-            ratios = [o / r for o, r in zip(ours, raw, strict=True)]
-            results[shape] = {
-                "raw_per_s": statistics.median(raw),
-                "cachelab_per_s": statistics.median(ours),
-                "ratio": statistics.median(ratios),
-                "ratio_min": min(ratios),
-            }
-        assert cache.stats.loads == 0 and cache.stats.misses == 0
+        frame = await measure_hit_path(redis, concurrency=levels, reads=reads, rounds=rounds)
+        return {"server": cachelab.source_of(redis).describe(), "frame": frame}
     finally:
-        await cache.clear()
         await redis.aclose()
-    return {"server": source.describe(), "rounds": rounds, "requests": requests, **results}
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, rounds: int, reads: int, machine: str) -> str:
+    frame = report["frame"]
+    contenders = [RAW, BATCHING_OFF, BATCHING_ON, REDIS_BENCHMARK]
+    levels = sorted(frame["concurrency"].unique())
     lines = [
-        "## Hit path: `get_or_set` against raw `GET` + `json.loads`",
+        "## Hit path: where the time goes, and what batching changes",
         "",
-        f"Server: {report['server']}. Median of {report['rounds']} alternating rounds; "
-        f"concurrent = {WORKERS} coroutines on distinct keys. "
+        f"Server: {report['server']}. {reads:,} reads per contender per run, {rounds} rounds, "
+        "contenders alternating within each round (ABCD, BCDA, ...), every Python contender on "
+        "its own client with the same pool (64 connections) and hiredis. *Reads/s* are medians "
+        "over rounds; *ratios* are medians of the per-round ratios. redis-benchmark runs "
+        f"`GET` on the same warm keys with as many connections as coroutines. {machine} "
         "Produced by `uv run python benchmarks/hit_path.py`.",
         "",
-        "| shape | raw GET + json.loads (req/s) | cachelab get_or_set (req/s) | ratio (median) "
-        "| ratio (worst round) |",
-        "|---|---:|---:|---:|---:|",
+        "| coroutines | " + " | ".join(contenders) + " |",
+        "|---:|" + "---:|" * len(contenders),
     ]
-    for shape in ("sequential", "concurrent"):
-        r = report[shape]
-        lines.append(
-            f"| {shape} | {r['raw_per_s']:,.0f} | {r['cachelab_per_s']:,.0f} | "
-            f"{r['ratio']:.2f} | {r['ratio_min']:.2f} |"
-        )
-    lines += ["", "Target: ratio >= 0.85.", ""]
+    for level in levels:
+        cells = []
+        for name in contenders:
+            rows = frame[(frame["concurrency"] == level) & (frame["contender"] == name)]
+            cells.append(f"{rows['reads_per_s'].median():,.0f}" if len(rows) else "—")
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    seq = statistics.median(ratios(frame, BATCHING_ON, RAW, 1))
+    seq_off = statistics.median(ratios(frame, BATCHING_OFF, RAW, 1))
+    con = statistics.median(ratios(frame, BATCHING_ON, RAW, CONCURRENT))
+    con_off = statistics.median(ratios(frame, BATCHING_OFF, RAW, CONCURRENT))
+    bench = ratios(frame, REDIS_BENCHMARK, BATCHING_ON, CONCURRENT)
+    checks = [
+        (f"{CONCURRENT} coroutines: batching on >= 8x raw (goal 10x)", con >= 8, f"{con:.1f}x"),
+        (
+            f"{CONCURRENT} coroutines: within 2x of redis-benchmark at {CONCURRENT} connections",
+            bool(bench) and statistics.median(bench) <= 2,
+            f"redis-benchmark / cachelab = {statistics.median(bench):.2f}" if bench else "n/a",
+        ),
+        ("1 coroutine: batching on >= 0.95x raw", seq >= 0.95, f"{seq:.2f}x"),
+    ]
+    met = all(ok for _what, ok, _value in checks)
+    lines += [
+        "",
+        f"Ratios to raw redis-py: 1 coroutine: batching on {seq:.2f}x, off {seq_off:.2f}x; "
+        f"{CONCURRENT} coroutines: batching on {con:.1f}x, off {con_off:.2f}x.",
+        "",
+        f"Targets (issue 11): **{'met' if met else 'not all met'}**.",
+        "",
+    ]
+    lines += [f"- {'✅' if ok else '❌'} {what}: {value}" for what, ok, value in checks]
+    skipped = frame.attrs.get("skipped", {})
+    if skipped:
+        lines += ["", *(f"- {name} was not run: {why}." for name, why in skipped.items())]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -115,11 +110,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--reads", type=int, default=20_000)
+    parser.add_argument("--concurrency", default="1,10,50,200")
     parser.add_argument("--write", type=Path, default=None, help="update this markdown file")
     args = parser.parse_args()
-    report = asyncio.run(measure(args.url, args.rounds, args.requests))
-    text = markdown(report)
+    levels = [int(x) for x in args.concurrency.split(",")]
+    before = os.getloadavg()
+    report = asyncio.run(measure(args.url, args.rounds, args.reads, levels))
+    text = markdown(report, args.rounds, args.reads, machine_line(before))
     print(text)
     if args.write:
         write_section(args.write, text, "hit_path")

@@ -36,7 +36,7 @@ from .metrics import Outcome, Stats
 from .refresh import RefreshPolicy, Verdict, refresh_policy
 from .serializers import Serializer, get_serializer
 from .singleflight import SingleFlight
-from .store import RedisStore
+from .store import Read, RedisStore
 
 __all__ = ["DEFAULT_MAX_VALUE_BYTES", "ON_REDIS_ERROR", "Cache", "Entry", "Lookup"]
 
@@ -183,6 +183,7 @@ class Cache:
         self.breaker = breaker
         self._stale_ms = round(self.policy.keep_stale_s * 1000)
         self._checks_refresh = type(self.refresh_policy) is not RefreshPolicy
+        self._plain_hits = near is None and not self._checks_refresh
         self._background: dict[str, asyncio.Task[None]] = {}
         self._bypassing = SingleFlight()
         self._starting = asyncio.Lock()
@@ -340,16 +341,26 @@ class Cache:
         _check_loader(loader)
         if ttl is not None:
             self._call_ttl(ttl)
-        load = _Load(self, loader, ttl)
+        load = None
         try:
             try:
-                if self.near is not None:
+                if self._plain_hits:  # the hit path: one read, nothing made unless it misses
+                    read = await self.policy.read(key)
+                    if read.entry is not None:
+                        value, outcome = read.entry.value, Outcome.HIT
+                    else:
+                        load = _Load(self, loader, ttl)
+                        value, outcome, _entry = await self._lookup(key, load, read)
+                elif self.near is not None:
+                    load = _Load(self, loader, ttl)
                     _found, value, outcome = await self._near_lookup(key, load)
                 else:
+                    load = _Load(self, loader, ttl)
                     value, outcome, _entry = await self._lookup(key, load)
             except CacheUnavailableError as exc:
                 if self.on_redis_error != "open":
                     raise _during("lookup", exc) from exc.__cause__
+                load = load or _Load(self, loader, ttl)
                 value, outcome = await self._bypass(key, loader, load)
         except Exception:
             self.stats.errors += 1
@@ -418,10 +429,13 @@ class Cache:
 
     # --- the lookup ---------------------------------------------------------------------------
 
-    async def _lookup(self, key: str, produce: Produce) -> tuple[Any, Outcome, Entry | None]:
-        """Redis (through the herd policy) and, on a miss, the loader; with the entry the value
-        came from, when it came from one."""
-        read = await self.policy.read(key)
+    async def _lookup(
+        self, key: str, produce: Produce, read: Read | None = None
+    ) -> tuple[Any, Outcome, Entry | None]:
+        """Redis (through the herd policy; ``read`` if it was read already) and, on a miss, the
+        loader; with the entry the value came from, when it came from one."""
+        if read is None:
+            read = await self.policy.read(key)
         entry = read.entry
         if entry is None:
             value, outcome = await self.policy.load(key, read, produce)
