@@ -79,6 +79,10 @@ def _refused(exc: ResponseError, client: aioredis.Redis | None) -> Exception:
 class Subscriber:
     """Shared pub/sub for one Redis client; get it with :meth:`of`."""
 
+    IDLE_GRACE_S = 1.0
+    """How long a channel stays subscribed (and the connection open) after its last listener
+    left: a stampede's waiters come and go together, and the next one comes soon."""
+
     _by_client: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, Subscriber]] = (
         weakref.WeakKeyDictionary()
     )
@@ -95,6 +99,7 @@ class Subscriber:
         self.reconnects = 0
         self._resubscribing: set[bytes] = set()
         self.client_name = f"cachelab-subscriber-{secrets.token_hex(4)}"
+        self._retiring: asyncio.Task[None] | None = None
 
     @classmethod
     def of(cls, redis: aioredis.Redis) -> Subscriber:
@@ -139,6 +144,9 @@ class Subscriber:
             listeners.add(inbox)
             if len(listeners) > 1:
                 return
+            confirmed = self._confirmed.get(channel)
+            if confirmed is not None and confirmed.done() and self._pubsub is not None:
+                return  # still subscribed (its last listener left only a moment ago)
             if self._pubsub is None:
                 self._pubsub = listener_client(self.redis, self.client_name).pubsub()
             confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
@@ -157,19 +165,42 @@ class Subscriber:
                 raise
 
     async def _remove(self, channel: bytes, inbox: Inbox) -> None:
+        """Stop delivering to ``inbox`` at once; the channel is unsubscribed (and the connection
+        closed, when nothing listens any more) later, by :meth:`_retire`, off the caller's path:
+        a lock waiter answers its callers first, and the next stampede finds the connection open.
+        """
+        listeners = self._inboxes.get(channel)
+        if listeners is None:
+            return
+        listeners.discard(inbox)
+        if listeners:
+            return
+        del self._inboxes[channel]
+        if self._retiring is None or self._retiring.done():
+            self._retiring = asyncio.get_running_loop().create_task(
+                self._retire(), name="cachelab-subscriber-retire"
+            )
+
+    async def _retire(self, grace: float | None = None) -> None:
+        """After ``grace`` (default ``IDLE_GRACE_S``), unsubscribe the channels nobody listens
+        to, and close the connection if none is left."""
+        await asyncio.sleep(self.IDLE_GRACE_S if grace is None else grace)
         async with self._state:
-            listeners = self._inboxes.get(channel)
-            if listeners is None:
-                return
-            listeners.discard(inbox)
-            if listeners:
-                return
-            del self._inboxes[channel]
-            self._confirmed.pop(channel, None)
-            if self._inboxes and self._pubsub is not None:
+            idle = [channel for channel in self._confirmed if channel not in self._inboxes]
+            for channel in idle:
+                del self._confirmed[channel]
+            if self._inboxes and idle and self._pubsub is not None:
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+                    await self._pubsub.unsubscribe(*idle)
             await self._close_if_idle()
+
+    async def settle(self) -> None:
+        """Unsubscribe now the channels nobody listens to, and close the connection if none is
+        left, without waiting out the grace (a cache closing its invalidator, a test)."""
+        retiring, self._retiring = self._retiring, None
+        if retiring is not None and not retiring.done():
+            await cancel_all([retiring])
+        await self._retire(0)
 
     async def _close_if_idle(self) -> None:
         if self._inboxes:

@@ -130,6 +130,8 @@ async def test_cold_key_is_loaded_once_across_instances(clients, namespace):
     assert Counter(r.outcome for r in results) == {Outcome.LOAD: 1, Outcome.SHARED: 199}
     assert sum(c.stats.loads for c in caches) == 1
     assert sum(c.stats.misses for c in caches) == 200
+    for s in subs:
+        await s.settle()
     assert all(s.channels == 0 and s._reader is None for s in subs)
     assert await caches[3].get(KEY) == {"rows": 42}
 

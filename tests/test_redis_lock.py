@@ -26,9 +26,10 @@ async def settle(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-def idle(client) -> bool:
+async def idle(client) -> bool:
     """The client's shared subscriber holds no channel, no reader task and no connection."""
     sub = Subscriber.of(client)
+    await sub.settle()  # retire idle channels now, not after the grace
     return sub.channels == 0 and sub._reader is None and sub._pubsub is None
 
 
@@ -83,7 +84,7 @@ async def test_second_acquirer_blocks_and_is_woken_by_the_release(real_redis, lo
     assert waiter.attempts <= 3
     assert woke_after < 2.0
     await waiter.release()
-    assert idle(real_redis)
+    assert await idle(real_redis)
 
 
 async def test_polling_waiter_makes_many_attempts(real_redis, lock_name):
@@ -172,7 +173,7 @@ async def test_acquire_timeout_raises_a_lock_timeout_naming_the_lock(real_redis,
     assert not waiter.held
     assert await real_redis.get(lock_name) == holder.token.encode()  # holder unaffected
     await holder.release()
-    assert idle(real_redis)  # the timed-out waiter left its subscription
+    assert await idle(real_redis)  # the timed-out waiter left its subscription
 
 
 async def test_a_crashed_holder_delays_a_waiter_by_about_the_ttl(real_redis, lock_name):
@@ -190,7 +191,7 @@ async def test_a_crashed_holder_delays_a_waiter_by_about_the_ttl(real_redis, loc
     # woken by the TTL it read from the lock, not by polling
     assert waiter.attempts <= 3
     await waiter.release()
-    assert idle(real_redis)
+    assert await idle(real_redis)
 
 
 async def test_many_waiters_on_two_clients_take_turns_with_increasing_fences(real_redis, lock_name):
@@ -216,7 +217,7 @@ async def test_many_waiters_on_two_clients_take_turns_with_increasing_fences(rea
         assert len(granted) == 20
         assert overlaps == 0  # mutual exclusion
         assert all(a < b for a, b in itertools.pairwise(granted))
-        assert idle(real_redis) and idle(other)
+        assert await idle(real_redis) and await idle(other)
     finally:
         await other.aclose()
 
@@ -228,7 +229,7 @@ async def test_context_manager_acquires_and_releases(real_redis, lock_name):
         assert "held, fence" in repr(lock)
     assert not lock.held
     assert await real_redis.exists(lock_name) == 0
-    assert idle(real_redis)
+    assert await idle(real_redis)
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ from cachelab.subscriber import LOST, RESUMED, Subscriber
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 
-def idle(sub: Subscriber) -> bool:
+async def idle(sub: Subscriber) -> bool:
+    """Nothing left once the subscriber retired its idle channels (at once, without the grace
+    it gives a channel whose last listener just left)."""
+    await sub.settle()
     return sub.channels == 0 and sub._reader is None and sub._pubsub is None
 
 
@@ -88,7 +91,7 @@ async def test_listen_receives_a_message_published_right_after_entry(real_redis,
         assert await inbox.get(timeout=5) == b"again"
         assert inbox.get_nowait() is None
     assert sub.messages == 2
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_two_listeners_on_one_channel_both_receive(real_redis, namespace):
@@ -106,7 +109,7 @@ async def test_two_listeners_on_one_channel_both_receive(real_redis, namespace):
         await real_redis.publish(channel, "o")
         assert await first.get(timeout=5) == b"o"
         assert await second.get(timeout=5) == b"o"
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_channels_are_kept_apart(real_redis, namespace):
@@ -121,7 +124,7 @@ async def test_channels_are_kept_apart(real_redis, namespace):
         assert second.get_nowait() is None
         assert first.get_nowait() == b"a"
         assert first.get_nowait() is None
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_a_listener_that_left_gets_nothing_and_others_keep_their_channel(
@@ -133,11 +136,12 @@ async def test_a_listener_that_left_gets_nothing_and_others_keep_their_channel(
         async with sub.listen(one) as leaving:
             pass
         assert sub.channels == 1
+        await sub.settle()  # what the grace would do a moment later
         assert await real_redis.publish(one, "gone") == 0  # unsubscribed on the server too
         assert await real_redis.publish(two, "here") == 1
         assert await staying.get(timeout=5) == b"here"
         assert leaving.get_nowait() is None
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_inbox_get_times_out_with_none(real_redis, namespace):
@@ -163,7 +167,7 @@ async def test_many_listeners_share_one_pubsub_connection(private_redis):
         assert got == [b"x"] * 10
         assert all(inbox.get_nowait() is None for inbox in inboxes)
     # the last listener left: connection closed, reader task gone
-    assert idle(sub)
+    assert await idle(sub)
     for _ in range(100):
         if not await pubsub_clients(private_redis):
             break
@@ -207,13 +211,14 @@ async def test_concurrent_first_listeners_all_get_confirmed_subscriptions(privat
         assert await private_redis.publish(f"ch{c}", f"m{c}") == 1
     results = await asyncio.gather(*tasks)
     assert results == [f"m{i % 3}".encode() for i in range(30)]
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_a_subscriber_does_not_keep_its_client_alive(real_redis, namespace):
     client = cachelab.clone_client(real_redis)
     async with Subscriber.of(client).listen(f"{namespace}:ch"):
         pass
+    await Subscriber.of(client).settle()  # its idle channel retired: no task holds it any more
     alive = weakref.ref(client)
     subscriber = weakref.ref(Subscriber._by_client[client])
     await client.aclose()
@@ -260,7 +265,7 @@ async def test_a_killed_connection_puts_lost_in_every_inbox_and_reconnects(priva
         assert await a2.get(timeout=5) is RESUMED
         assert await a2.get(timeout=5) == b"after"
         assert len(await pubsub_clients(private_redis)) == 1
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_reconnects_counts_each_loss(private_redis):
@@ -276,7 +281,7 @@ async def test_reconnects_counts_each_loss(private_redis):
                 await asyncio.sleep(0.05)
             assert await inbox.get(timeout=5) is RESUMED
             assert await inbox.get(timeout=5) == f"r{round_}".encode()
-    assert idle(sub)
+    assert await idle(sub)
 
 
 async def test_a_killed_connection_found_by_id_on_the_shared_server(real_redis, namespace):
@@ -302,4 +307,18 @@ async def test_a_killed_connection_found_by_id_on_the_shared_server(real_redis, 
             await asyncio.sleep(0.05)
         assert await inbox.get(timeout=5) is RESUMED
         assert await inbox.get(timeout=5) == b"back"
-    assert idle(sub)
+    assert await idle(sub)
+
+
+async def test_a_channel_stays_subscribed_for_a_moment_and_the_next_listener_reuses_it(real_redis):
+    sub = Subscriber.of(real_redis)
+    async with sub.listen("cachelab-test:grace") as first:
+        await real_redis.publish("cachelab-test:grace", b"1")
+        assert await first.get(timeout=5) == b"1"
+    assert sub.channels == 0 and sub._pubsub is not None  # within the grace: still subscribed
+    connection = sub._pubsub.connection
+    async with sub.listen("cachelab-test:grace") as second:  # no new SUBSCRIBE round trip
+        assert sub._pubsub.connection is connection
+        await real_redis.publish("cachelab-test:grace", b"2")
+        assert await second.get(timeout=5) == b"2"
+    assert await idle(sub)

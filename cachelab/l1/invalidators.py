@@ -194,6 +194,11 @@ class PubSubInvalidator(Invalidator):
             if self._subscriber is not None:
                 await asyncio.shield(self._subscriber.unsubscribe(inbox))
 
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._subscriber is not None:
+            await self._subscriber.settle()  # no connection left open once the cache is closed
+
 
 def _parse(message: object) -> tuple[str, str | None]:
     """``(sender, key)`` of a pub/sub invalidation; key None if the message is not one."""
