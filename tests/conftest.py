@@ -82,8 +82,26 @@ def stop_embedded():
     stop()
 
 
+FULL_TIER = {
+    # notebooks in a real browser, re-run with other parameters, the wheel, the site
+    "test_browser.py", "test_notebook_reruns.py", "test_packaging.py", "test_site.py",
+    # experiments, worker processes, JupyterLab and the CLI in subprocesses, a private cluster
+    "test_classroom.py", "test_cli.py", "test_cluster.py", "test_coherence.py",
+    "test_compare.py", "test_experiments.py", "test_expiry.py", "test_extras.py",
+    "test_fault_experiments.py", "test_faults_no_leaks.py", "test_fuzz_cli.py",
+    "test_hit_path.py", "test_soak_script.py",
+}  # fmt: skip
+"""Test files of the full tier only: the fast tier (``pytest tests -m "not full"``) is the
+library against a real Redis and fakeredis, for a developer to run after every change."""
+
+LONGEST_FIRST = ("tests/test_browser.py", "tests/test_notebook_reruns.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Collect the browser test first: it is the longest file (every notebook in Chromium), and
-    with `-n 2 --dist loadfile` a worker that starts it first overlaps it with everything else
-    instead of running it alone at the end."""
-    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_browser.py")
+    """Mark the full tier; collect the longest files first: with `-n 2 --dist loadfile` a worker
+    that starts one first overlaps it with everything else instead of running it alone at the
+    end (the browser test runs every notebook in Chromium, the re-runs every notebook twice)."""
+    for item in items:
+        if item.path.name in FULL_TIER or item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.full)
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
