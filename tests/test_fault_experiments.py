@@ -65,11 +65,15 @@ async def test_fences_stop_stale_sets_and_leases_cut_backend_load_under_writes(r
 async def test_ttl_jitter_spreads_a_mass_expiry(real_redis):
     together = await run_mass_expiry(100, 1.0, 0.0, 800, 2.0, 30, redis=real_redis, seed=2)
     spread = await run_mass_expiry(100, 1.0, 0.5, 800, 2.0, 30, redis=real_redis, seed=2)
-    # without jitter the middle 80% of reloads last about as long as it takes readers to touch
-    # every key (~0.3 s at 8 reads per key per second); with ±50% they spread over ~0.8 s more
-    assert spread.summary["reload_spread_s"] > 2 * together.summary["reload_spread_s"]
-    assert spread.summary["peak_backend_per_s"] < together.summary["peak_backend_per_s"]
+    # The expiries themselves, read from the entries' headers: without jitter they fall within
+    # the moment of the writes; with ±50% their middle 80% spans ~0.8 s (10th to 90th
+    # percentile of 100 uniform draws over one second: below 0.6 s about once in 10^8 runs).
+    # How the reloads then spread over time, and the backend's peak, depend also on how fast
+    # a (busy) machine serves the reads: notebook 03 charts them, it is not asserted here.
+    assert together.summary["expiry_spread_s"] < 0.2
+    assert spread.summary["expiry_spread_s"] > 0.6
     assert together.summary["backend_calls"] >= 90  # nearly every key expired and was reloaded
+    assert spread.summary["backend_calls"] >= 90
 
 
 async def test_hot_key_experiments_refuse_bad_input(real_redis):
