@@ -22,11 +22,15 @@ import contextlib
 import weakref
 from typing import Any, ClassVar
 
-import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 __all__ = ["Channel"]
+
+try:
+    import hiredis
+except ImportError:  # no wheel for this interpreter (hiredis is a CPython-only dependency)
+    hiredis = None
 
 _KINDS: dict[str, type[redis_errors.RedisError]] = {
     "NOPERM": redis_errors.NoPermissionError,
@@ -72,11 +76,12 @@ class Channel:
     @classmethod
     def of(cls, redis: aioredis.Redis) -> Channel | None:
         """The channel of ``redis`` (made on first use), or None where only redis-py can talk:
-        a cluster client, fakeredis, or a pool of fewer than :attr:`SMALLEST_POOL` connections."""
+        a cluster client, fakeredis, a pool of fewer than :attr:`SMALLEST_POOL` connections, or
+        an interpreter without hiredis."""
         found = cls._by_client.get(redis)
         if found is None:
             pool = getattr(redis, "connection_pool", None)
-            if pool is None or "server" in pool.connection_kwargs:
+            if hiredis is None or pool is None or "server" in pool.connection_kwargs:
                 return None
             size = getattr(pool, "max_connections", None)
             if size is not None and size < cls.SMALLEST_POOL:
