@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 from redis import exceptions as redis_errors
 
@@ -387,10 +387,12 @@ class LockCommands:
             found = cls._by_client[redis] = cls(redis)
         return found
 
-    async def acquire(self, lock: str, fence: str, token: str, ms: int, fence_ms: int):
+    async def acquire(self, lock: str, fence: str, token: str, ms: int, fence_ms: int) -> Any:
         return await self.guard(self._acquire, keys=[lock, fence], args=[token, ms, fence_ms])
 
-    async def claim(self, value: str, lock: str, fence: str, token: str, ms: int, unreadable):
+    async def claim(
+        self, value: str, lock: str, fence: str, token: str, ms: int, unreadable: bytes
+    ) -> Any:
         args = [token, ms, FENCE_TTL_MS, unreadable]
         return await self.guard(self._claim, keys=[value, lock, fence], args=args)
 
@@ -742,10 +744,10 @@ class RedisStore:
 
     # --- housekeeping -----------------------------------------------------------------------
 
-    async def scan(self):
+    async def scan(self) -> AsyncIterator[bytes]:
         """Every Redis key of this namespace (values and helpers), by SCAN, never KEYS."""
         async for rkey in self.redis.scan_iter(match=self.keys.pattern(), count=500):
-            yield rkey
+            yield cast(bytes, rkey)  # cachelab's clients do not decode replies
 
     async def unlink(self, keys: list[bytes | str]) -> None:
         if keys:
