@@ -24,9 +24,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
-import redis.asyncio as aioredis
-
 from .breaker import CircuitBreaker
+from .cluster import RedisClient
 from .codec import Codec, Entry, check_ttl
 from .errors import CacheUnavailableError, ConfigurationError
 from .herd import NOT_REFRESHED, HerdPolicy, Loaded, Produce, herd_policy
@@ -107,7 +106,7 @@ class Cache:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         namespace: str,
         ttl: float,
@@ -196,7 +195,7 @@ class Cache:
         )
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         return self.store.redis
 
     @property
@@ -245,7 +244,7 @@ class Cache:
         self.keyspace.value(key)
         try:
             if self.near is not None:
-                found, value, _outcome = await self._near_lookup(key, None)
+                found, value, _outcome = await self._near_lookup(self.near, key, None)
             else:
                 entry = (await self.policy.read(key)).entry
                 found, value = entry is not None, entry.value if entry is not None else None
@@ -308,22 +307,23 @@ class Cache:
             if self.near is not None:
                 await self._listening()  # before L1 takes the value: no later write is missed
             announce = self.invalidator.announcement(self.keyspace, key)
-        ticket = self.near.begin(key) if self.near is not None else None
+        near = self.near
+        ticket = near.begin(key) if near is not None else None
         try:
             changed, _fence = await self.store.write(
                 key, packed, stale_ms=self._stale_ms, announce=announce
             )
-            if ticket is not None:
+            if near is not None and ticket is not None:
                 if payload is None:
-                    self.near.invalidate(key)
+                    near.invalidate(key)
                 else:
                     item = self._l1_item(self.codec.loads(payload), payload)
-                    self.near.set(key, item, ticket, ttl_s=self._fresh_for(ttl))
+                    near.set(key, item, ticket, ttl_s=self._fresh_for(ttl))
             return changed
         finally:
             self.policy.forget(key)
-            if ticket is not None:
-                self.near.end(ticket)
+            if near is not None and ticket is not None:
+                near.end(ticket)
 
     # --- read-through and write-through -------------------------------------------------------
 
@@ -353,7 +353,7 @@ class Cache:
                         value, outcome, _entry = await self._lookup(key, load, read)
                 elif self.near is not None:
                     load = _Load(self, loader, ttl)
-                    _found, value, outcome = await self._near_lookup(key, load)
+                    _found, value, outcome = await self._near_lookup(self.near, key, load)
                 else:
                     load = _Load(self, loader, ttl)
                     value, outcome, _entry = await self._lookup(key, load)
@@ -471,16 +471,18 @@ class Cache:
         except Exception:  # nobody awaits this task: count, never leak "never retrieved"
             self.stats.background_errors += 1
 
-    async def _near_lookup(self, key: str, produce: Produce | None) -> tuple[bool, Any, Outcome]:
-        """L1 first; else Redis (and the loader, if any), remembering the answer in L1 unless an
-        invalidation of the key arrived meanwhile. ``found`` is False when ``produce`` is None
-        and Redis has nothing."""
+    async def _near_lookup(
+        self, near: NearCache, key: str, produce: Produce | None
+    ) -> tuple[bool, Any, Outcome]:
+        """L1 (``near``, the cache's) first; else Redis (and the loader, if any), remembering the
+        answer in L1 unless an invalidation of the key arrived meanwhile. ``found`` is False when
+        ``produce`` is None and Redis has nothing."""
         if self.invalidator is not None:
             await self._listening()
-        found, value = self.near.get(key)
+        found, value = near.get(key)
         if found:
             return True, value, Outcome.HIT
-        ticket = self.near.begin(key)
+        ticket = near.begin(key)
         try:
             if produce is None:
                 entry = (await self.policy.read(key)).entry
@@ -495,36 +497,40 @@ class Cache:
                 else:
                     fresh = self._fresh_for(None)
                 item = self._l1_item(value, None)
-                self.near.put(ticket, item, ttl_s=fresh)
+                near.put(ticket, item, ttl_s=fresh)
             return True, value, outcome
         finally:
-            self.near.end(ticket)
+            near.end(ticket)
 
     async def _listening(self) -> None:
         """Start the invalidator before the first L1 fill (no later write can then be missed);
         if its listener died, flush the L1 and start it again."""
-        if self.invalidator.running:
+        invalidator, near = self.invalidator, self.near
+        if invalidator is None or near is None:  # callers check: only an L1 is kept true
+            return
+        if invalidator.running:
             return
         async with self._starting:
-            if self.invalidator.running:
+            if invalidator.running:
                 return
             if self._listened:  # it was listening and stopped: messages may have been lost
-                self.near.clear()
-                self.invalidator.stats.restarts += 1
-            await self.invalidator.aclose()
+                near.clear()
+                invalidator.stats.restarts += 1
+            await invalidator.aclose()
             await self.store.guard(
-                self.invalidator.start,
+                invalidator.start,
                 self.store.redis,
                 self.keyspace,
                 self._invalidated,
-                self.near.clear,
+                near.clear,
             )
             self._listened = True
 
     def _invalidated(self, key: str) -> None:
         """Another process changed ``key``: drop it from L1, and let no lookup starting now join
         a read of it that began before the change."""
-        self.near.invalidate(key)
+        if self.near is not None:  # always: only a cache with an L1 listens
+            self.near.invalidate(key)
         self.policy.forget(key)
 
     def _l1_item(self, value: Any, payload: bytes | None) -> Any:
@@ -547,7 +553,7 @@ class Cache:
         if ttl is not None:
             self.codec.check_call_ttl(check_ttl(ttl))
 
-    async def _bypass(self, key: str, loader: Loader[Any], attempt: _Load):
+    async def _bypass(self, key: str, loader: Loader[Any], attempt: _Load) -> tuple[Any, Outcome]:
         """Answer a lookup without Redis: with the value this caller already loaded (the outage
         struck while storing it), else from the loader. Concurrent callers of a key share one
         load unless the policy is ``"none"``, so an outage does not turn into a stampede."""

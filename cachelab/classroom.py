@@ -230,7 +230,8 @@ def _parameters(nb, path: Path) -> dict[str, Parameter]:
             target = node.targets[0]
             if isinstance(target, ast.Name):
                 source = ast.get_source_segment(cell.source, node.value) or ""
-                rest = lines[node.end_lineno - 1][node.end_col_offset :].strip()
+                end = node.end_lineno or node.lineno  # always set for parsed source
+                rest = lines[end - 1][node.end_col_offset :].strip()
                 note = rest[1:].strip() if rest.startswith("#") else ""
                 found[target.id] = Parameter(target.id, source, note)
     return found
@@ -408,7 +409,7 @@ def save_charts(executed: Path, folder: Path) -> list[Path]:
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
-    charts = []
+    charts: list[Path] = []
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -710,7 +711,10 @@ def prepare_working_copy(folder: Path, source: Path | None = None) -> WorkingCop
     _check_work_dir(folder)
     packaged = _packaged_files(source)
     recorded = _read_manifest(folder)
-    copied, updated, kept, manifest = [], [], [], dict(recorded)
+    copied: list[str] = []
+    updated: list[str] = []
+    kept: list[str] = []
+    manifest = dict(recorded)
     for name, path in packaged.items():
         data, target = path.read_bytes(), folder / name
         current = target.read_bytes() if target.is_file() else None

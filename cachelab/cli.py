@@ -15,10 +15,10 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import redis.asyncio as aioredis
 import typer
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -27,13 +27,19 @@ from typer.core import TyperGroup
 
 from ._checks import number_in_range
 from ._extras import require
+from .cluster import RedisClient
 from .connection import connect, permission_problem, source_of
 from .errors import CachelabError, ConfigurationError
 from .herd import HERD_POLICIES
 from .urls import redact_url, scrub
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from rich.progress import Progress, TaskID
     from rich.table import Table
+
+    from .cache import Cache
 
 # Upper bounds: each keeps one command within the memory and the minutes of a laptop.
 MAX_CLIENTS = 100_000
@@ -57,7 +63,15 @@ class _Commands(TyperGroup):
     are refused here, before a command tries to send them to Redis.
     """
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         for position, arg in enumerate(args, 1):
             try:
@@ -68,7 +82,14 @@ class _Commands(TyperGroup):
                     "text (a terminal in another locale: LANG=C.UTF-8)"
                 )
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         except typer.Abort:
             err.print("aborted")
             code = 1
@@ -77,7 +98,8 @@ class _Commands(TyperGroup):
         except Exception as exc:
             if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
                 raise  # not a usage error (Click's ClickException): a bug, with its traceback
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `cachelab` alone: the help
+            # `cachelab` alone: the help
+            if type(exc).__name__ == "NoArgsIsHelpError" and hasattr(exc, "show"):
                 exc.show()
                 code = exc.exit_code
             else:
@@ -201,7 +223,7 @@ def _secret_free(message: str, url: str | None) -> str:
     return message
 
 
-def _run(url: str | None, work: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+def _run(url: str | None, work: Callable[[RedisClient], Awaitable[Any]]) -> Any:
     """Connect, say which server, run ``work``, close; turn known errors into one line."""
 
     async def session() -> Any:
@@ -230,7 +252,7 @@ def _run(url: str | None, work: Callable[[aioredis.Redis], Awaitable[Any]]) -> A
         raise typer.Exit(130) from None
 
 
-def _embedded_note(redis: aioredis.Redis) -> None:
+def _embedded_note(redis: RedisClient) -> None:
     if source_of(redis).kind in ("embedded", "fakeredis"):
         err.print(
             Text.assemble(
@@ -268,12 +290,16 @@ def _namespace_options(namespace: str | None, invalidation: str | None) -> None:
         _fail(f"unknown --invalidation {invalidation!r}; choose from {','.join(INVALIDATORS)}")
 
 
-def _cache(redis: aioredis.Redis, namespace: str, invalidation: str | None, ttl: float):
+def _cache(
+    redis: RedisClient, namespace: str | None, invalidation: str | None, ttl: float
+) -> Cache:
     """A Cache on ``namespace``; with ``invalidation``, with a near cache, so that its writes
     are announced the way running near caches of that namespace listen for them."""
     from .cache import Cache
     from .l1 import NearCache
 
+    if namespace is None:  # the commands call it only with --namespace
+        _fail("this needs --namespace")
     near = NearCache(max_entries=1) if invalidation is not None else None
     return Cache(redis, namespace=namespace, ttl=ttl, near=near, invalidation=invalidation)
 
@@ -286,7 +312,7 @@ def _seconds(seconds: float) -> str:
 def ping(url: UrlOption = None) -> None:
     """Check that Redis answers; print the server, its version and the round trip."""
 
-    async def work(redis: aioredis.Redis) -> None:
+    async def work(redis: RedisClient) -> None:
         start = time.perf_counter()
         await redis.ping()
         rtt = (time.perf_counter() - start) * 1000
@@ -305,7 +331,7 @@ def get(key: str, namespace: NamespaceOption = None, url: UrlOption = None) -> N
     """
     _nonempty(key, "KEY", "cachelab get user:42")
 
-    async def raw(redis: aioredis.Redis) -> None:
+    async def raw(redis: RedisClient) -> None:
         value = await redis.get(key)
         if value is None:
             raise _Failure(f"key {key!r} does not exist")
@@ -314,7 +340,7 @@ def get(key: str, namespace: NamespaceOption = None, url: UrlOption = None) -> N
         if ms >= 0:
             err.print(f"expires in {_seconds(ms / 1000)}", style="dim")
 
-    async def cached(redis: aioredis.Redis) -> None:
+    async def cached(redis: RedisClient) -> None:
         cache = _cache(redis, namespace, None, NAMESPACE_TTL_S)
         entry = await cache.entry(key)
         if entry is None:
@@ -379,13 +405,13 @@ def set_(
         except ValueError as exc:
             _fail(f"VALUE is not JSON ({exc}); quote text as JSON, e.g. '\"Ada\"'")
 
-    async def raw(redis: aioredis.Redis) -> None:
+    async def raw(redis: RedisClient) -> None:
         px = None if ttl is None else round(ttl * 1000)
         await redis.set(key, value, px=px)
         out.print("OK" + ("" if px is None else f" (expires in {_seconds(px / 1000)})"))
         _embedded_note(redis)
 
-    async def cached(redis: aioredis.Redis) -> None:
+    async def cached(redis: RedisClient) -> None:
         cache = _cache(redis, namespace, invalidation, ttl or NAMESPACE_TTL_S)
         try:
             await cache.set(key, stored)
@@ -411,14 +437,14 @@ def delete(
     _nonempty(key, "KEY", "cachelab delete user:42")
     _namespace_options(namespace, invalidation)
 
-    async def raw(redis: aioredis.Redis) -> None:
+    async def raw(redis: RedisClient) -> None:
         removed = await redis.delete(key)
         shown = data(repr(key))
         out.print(
             Text.assemble("deleted " if removed else "", shown, "" if removed else " did not exist")
         )
 
-    async def cached(redis: aioredis.Redis) -> None:
+    async def cached(redis: RedisClient) -> None:
         cache = _cache(redis, namespace, invalidation, NAMESPACE_TTL_S)
         try:
             removed = await cache.delete(key)
@@ -461,11 +487,11 @@ def _policy_list(text: str) -> list[str]:
     return _names(text, HERD_POLICIES, "policy")
 
 
-def _progress(*columns: str):
+def _progress(*columns: str) -> Callable[..., Progress]:
     """A transient progress display on stderr (rich.progress is imported only when needed)."""
     from rich import progress
 
-    made = {
+    made: dict[str, Callable[[], progress.ProgressColumn]] = {
         "text": lambda: progress.TextColumn("{task.description}", markup=False),
         "bar": progress.BarColumn,
         "count": progress.MofNCompleteColumn,
@@ -476,7 +502,12 @@ def _progress(*columns: str):
     )
 
 
-def _causes(exc: BaseException):
+def _completed(bar: Progress, task: TaskID, fraction: float) -> None:
+    """An experiment's ``on_progress``: ``task`` of ``bar`` is ``fraction`` done."""
+    bar.update(task, completed=fraction)
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
     """``exc`` and the errors it was raised from (a library may wrap Redis's own)."""
     seen: list[BaseException] = []
     while exc is not None and not any(exc is s for s in seen):
@@ -485,7 +516,7 @@ def _causes(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-async def _may_run(redis: aioredis.Redis, policies: list[str]) -> None:
+async def _may_run(redis: RedisClient, policies: list[str]) -> None:
     """One lookup per policy on a throwaway key, before the run: a command the Redis user may
     not run (EVALSHA for the Lua of distributed and lease) fails here at once, in one line
     that says how to grant it, instead of as a column of errors after the whole run."""
@@ -579,7 +610,7 @@ def stampede(
 
     total = len(client_counts) * len(policies)
 
-    async def work(redis: aioredis.Redis):
+    async def work(redis: RedisClient):
         await _may_run(redis, policies)
         with _progress("text", "bar", "count", "elapsed")(disable=total < 2) as bar:
             task = bar.add_task("stampede runs", total=total)
@@ -651,7 +682,7 @@ def stream_add(
     if maxlen is not None:
         _bounded(maxlen, "--maxlen", 0, 10**9)
 
-    async def work(redis: aioredis.Redis) -> None:
+    async def work(redis: RedisClient) -> None:
         out.print(data(await streams.add(redis, stream, fields, maxlen=maxlen)))
 
     _run(url, work)
@@ -672,7 +703,7 @@ def stream_trim(
     _nonempty(stream, "STREAM", "cachelab stream trim orders --maxlen 1000")
     _bounded(maxlen, "--maxlen", 0, 10**9)
 
-    async def work(redis: aioredis.Redis) -> None:
+    async def work(redis: RedisClient) -> None:
         removed = await streams.trim(redis, stream, maxlen, approximate=approximate)
         out.print(f"removed {removed} entries")
 
@@ -694,7 +725,7 @@ def stream_read(
     _nonempty(stream, "STREAM", "cachelab stream read orders")
     _bounded(count, "--count", 1, MAX_COUNT)
 
-    async def work(redis: aioredis.Redis) -> None:
+    async def work(redis: RedisClient) -> None:
         _print_entries(await streams.read_from_last(redis, stream, count=count, resume=from_last))
 
     _run(url, work)
@@ -730,7 +761,7 @@ def stream_consume(
     if claim_idle_ms is not None:
         _bounded(claim_idle_ms, "--claim-idle-ms", 0, 10**9, " ms")
 
-    async def work(redis: aioredis.Redis) -> None:
+    async def work(redis: RedisClient) -> None:
         worker = StreamConsumer(redis, stream, group, consumer)
         if create_group and await worker.create_group():
             err.print(data(f"created group {group!r} on {stream!r}"))
@@ -811,7 +842,7 @@ def expiry(
         _fail(str(exc))
     configs = [(r, b) for r in refreshes for b in (betas if r == "xfetch" else [None])]
 
-    async def work(redis: aioredis.Redis):
+    async def work(redis: RedisClient):
         results = []
         with _progress("text", "bar", "elapsed")() as bar:
             for name, b in configs:
@@ -830,7 +861,7 @@ def expiry(
                         soft_ttl=soft_ttl,
                         redis=redis,
                         seed=seed,
-                        on_progress=lambda f, task=task: bar.update(task, completed=f),
+                        on_progress=partial(_completed, bar, task),
                     )
                 )
         return results
@@ -897,7 +928,7 @@ def invalidation(
     except ConfigurationError as exc:
         _fail(str(exc))
 
-    async def work(redis: aioredis.Redis):
+    async def work(redis: RedisClient):
         results = []
         with _progress("text", "bar", "count")() as bar:
             task = bar.add_task("invalidation runs", total=len(modes))
@@ -1078,7 +1109,7 @@ def lab(
     except ConfigurationError as exc:
         _fail(str(exc))
 
-    async def find_redis(redis: aioredis.Redis) -> Any:  # the RedisSource the kernels will use
+    async def find_redis(redis: RedisClient) -> Any:  # the RedisSource the kernels will use
         return source_of(redis)
 
     source = _run(url, find_redis)
@@ -1243,4 +1274,4 @@ def notebook_reset(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -25,21 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot as _crc_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .errors import ConfigurationError, InvalidURLError
 from .urls import redact_url
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs is 3.13+; mypy only, never imported
+
 __all__ = [
     "CLUSTER_SCHEMES",
     "NoFreeConnection",
     "QueueingRedisCluster",
+    "RedisClient",
     "cluster_client",
     "each_node",
     "is_cluster",
@@ -54,8 +58,12 @@ __all__ = [
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+"""What :func:`cachelab.connect` returns and every part of cachelab accepts: a plain client, or a
+cluster client (which is not a ``redis.asyncio.Redis``: it has no single connection pool)."""
 
-def is_cluster(client: object) -> bool:
+
+def is_cluster(client: object) -> TypeIs[RedisCluster]:
     """True for a Redis Cluster client (commands are routed by hash slot)."""
     return isinstance(client, RedisCluster)
 
@@ -126,7 +134,10 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     plain_scheme = "rediss" if parts.scheme.lower() == "rediss+cluster" else "redis"
     netloc = (f"{userinfo}@" if userinfo else "") + f"{nodes[0][0]}:{nodes[0][1]}"
     try:
-        options = parse_url(urlunsplit((plain_scheme, netloc, "", parts.query, "")))
+        # a plain dict (redis-py types it as its ConnectKwargs): the loop below edits its keys
+        options: dict[str, Any] = dict(
+            parse_url(urlunsplit((plain_scheme, netloc, "", parts.query, "")))
+        )
     except ValueError as exc:
         message = str(exc)
         if parts.password:
@@ -164,8 +175,6 @@ class QueueingRedisCluster(RedisCluster):
         max_connections: int,
         pool_timeout: float,
     ) -> None:
-        from redis.asyncio.cluster import ClusterNode
-
         super().__init__(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes],
             max_connections=max_connections,
@@ -252,7 +261,7 @@ def node_pool(
     )
 
 
-async def each_node(client: RedisCluster):
+async def each_node(client: RedisCluster) -> list[ClusterNode]:
     """The cluster's nodes, discovered first: commands that act per node (CLIENT LIST/KILL)."""
     with contextlib.suppress(Exception):
         await client.initialize()

@@ -37,7 +37,7 @@ import re
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -57,6 +57,9 @@ from .errors import (
     RedisUnavailableError,
 )
 from .urls import check_userinfo, redact_url, scrub, validate_url
+
+if TYPE_CHECKING:
+    import fakeredis
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -93,7 +96,7 @@ logger = logging.getLogger("cachelab")
 
 SourceKind = Literal["url", "env", "local", "embedded", "fakeredis"]
 
-_sources: weakref.WeakKeyDictionary[aioredis.Redis, RedisSource] = weakref.WeakKeyDictionary()
+_sources: weakref.WeakKeyDictionary[cluster.RedisClient, RedisSource] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def _client_for_url(
     return aioredis.Redis.from_pool(pool)
 
 
-async def _server_version(client: aioredis.Redis) -> str:
+async def _server_version(client: cluster.RedisClient) -> str:
     info = await client.info("server")
     return f"Redis {info.get('redis_version', '?')}"
 
@@ -174,7 +177,9 @@ async def _local_server_answers(url: str) -> bool:
             await writer.wait_closed()
 
 
-async def _open_named(url: str, kind: SourceKind, **pool) -> tuple[aioredis.Redis, RedisSource]:
+async def _open_named(
+    url: str, kind: SourceKind, **pool: Any
+) -> tuple[cluster.RedisClient, RedisSource]:
     """Connect to a server the user named; raise (never fall back) if it does not answer."""
     client = _client_for_url(url, **pool)
     try:
@@ -225,7 +230,7 @@ def _as_cluster_url(url: str) -> str:
 
 
 async def _open_cluster(
-    url: str, kind: SourceKind, pool: dict, *, shown: str | None = None
+    url: str, kind: SourceKind, pool: dict[str, Any], *, shown: str | None = None
 ) -> tuple[cluster.QueueingRedisCluster, RedisSource]:
     """A cluster client from a ``redis+cluster://`` URL; raise (never fall back) if it fails.
 
@@ -273,7 +278,7 @@ def _fake_source(detail: str = "") -> RedisSource:
     return RedisSource("fakeredis", "fakeredis://", fake_version(), detail)
 
 
-def _fake_server_of(pool) -> object | None:
+def _fake_server_of(pool: aioredis.ConnectionPool) -> fakeredis.FakeServer | None:
     """The in-process fakeredis server behind ``pool``, if it is one (without importing
     fakeredis: if nothing imported it, no client can be a fake)."""
     fakeredis = sys.modules.get("fakeredis")
@@ -290,7 +295,7 @@ async def connect(
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     quiet: bool = False,
-) -> aioredis.Redis:
+) -> cluster.RedisClient:
     """Return an asyncio Redis client, finding or starting a server (see the module docstring).
 
     ``max_connections`` bounds the client's blocking pool; requests beyond it wait up to
@@ -345,7 +350,10 @@ def _announce(source: RedisSource, *, quiet: bool) -> None:
         print(f"cachelab: using {source.describe()}")
 
 
-async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSource]:
+async def _resolve(
+    url: str | None, pool: dict[str, Any]
+) -> tuple[cluster.RedisClient, RedisSource]:
+    kind: SourceKind
     named, kind = (url, "url") if url is not None else (os.environ.get("REDIS_URL"), "env")
     if named is not None:
         special = named.strip().lower()
@@ -393,8 +401,16 @@ async def _resolve(url: str | None, pool: dict) -> tuple[aioredis.Redis, RedisSo
     return fake_client(**pool), _fake_source(detail)
 
 
+@overload
 async def _open_embedded(
-    pool: dict, *, required: bool
+    pool: dict[str, Any], *, required: Literal[True]
+) -> tuple[aioredis.Redis, RedisSource]: ...
+@overload
+async def _open_embedded(
+    pool: dict[str, Any], *, required: bool
+) -> tuple[aioredis.Redis, RedisSource] | None: ...
+async def _open_embedded(
+    pool: dict[str, Any], *, required: bool
 ) -> tuple[aioredis.Redis, RedisSource] | None:
     """The shared embedded server (started in a thread: start-up polls a port, which must not
     block the event loop), or None when there is no binary and it was not asked for by name."""
@@ -441,7 +457,7 @@ def __getattr__(name: str) -> Any:
 _NOPERM_COMMAND = re.compile(r"permissions? to run the '([^']+)' command", re.IGNORECASE)
 
 
-def user_of(client: aioredis.Redis) -> str:
+def user_of(client: cluster.RedisClient) -> str:
     """The ACL user ``client`` logs in as (``default`` when the URL names none)."""
     options = getattr(client, "cachelab_options", None)  # a cluster client made by connect()
     if options is None:
@@ -449,7 +465,7 @@ def user_of(client: aioredis.Redis) -> str:
     return options.get("username") or "default"
 
 
-def permission_problem(error: BaseException, client: aioredis.Redis) -> str | None:
+def permission_problem(error: BaseException, client: cluster.RedisClient) -> str | None:
     """For a NOPERM error: one line naming what the user may not do and the ACL rule that
     grants it (``ACL SETUSER alice +evalsha``); None for any other error."""
     text = str(error)
@@ -471,7 +487,7 @@ def permission_problem(error: BaseException, client: aioredis.Redis) -> str | No
     )
 
 
-def source_of(client: aioredis.Redis) -> RedisSource:
+def source_of(client: cluster.RedisClient) -> RedisSource:
     """The :class:`RedisSource` of a client made by :func:`connect` or :func:`clone_client`."""
     try:
         return _sources[client]
@@ -482,7 +498,7 @@ def source_of(client: aioredis.Redis) -> RedisSource:
         ) from None
 
 
-def server_label(client: aioredis.Redis) -> str:
+def server_label(client: cluster.RedisClient) -> str:
     """Where ``client`` sends its commands, for messages; never contains a password.
 
     The (redacted) URL :func:`connect` chose, else the host and port (or socket path) of the
@@ -498,8 +514,11 @@ def server_label(client: aioredis.Redis) -> str:
 
 
 def clone_client(
-    client: aioredis.Redis, *, max_connections: int | None = None, client_name: str | None = None
-) -> aioredis.Redis:
+    client: cluster.RedisClient,
+    *,
+    max_connections: int | None = None,
+    client_name: str | None = None,
+) -> cluster.RedisClient:
     """A new client to the same server with its *own* connection pool.
 
     Experiments use this to simulate separate application instances: each instance has its own
@@ -508,7 +527,7 @@ def clone_client(
     """
     if cluster.is_cluster(client):
         client = cluster.made_by_cachelab(client)
-        clone = cluster.cluster_client(
+        clone: cluster.RedisClient = cluster.cluster_client(
             client.known_nodes(),
             client.cachelab_options,
             max_connections=max_connections or client.cachelab_max_connections,
@@ -519,7 +538,8 @@ def clone_client(
             _sources[clone] = _sources[client]
         return clone
     pool = client.connection_pool
-    size = max_connections or getattr(pool, "max_connections", DEFAULT_MAX_CONNECTIONS)
+    # redis-py declares a pool's max_connections Optional, but always sets an int
+    size = max_connections or getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS
     timeout = getattr(pool, "timeout", DEFAULT_POOL_TIMEOUT)
     server = _fake_server_of(pool)
     if server is not None:
@@ -553,7 +573,7 @@ machinery) rather than to the server and session, so a new pool must not share t
 
 
 def listener_client(
-    redis: aioredis.Redis, client_name: str, *, key: str | None = None, **overrides: Any
+    redis: cluster.RedisClient, client_name: str, *, key: str | None = None, **overrides: Any
 ) -> aioredis.Redis:
     """A one-connection client for a dedicated listener (pub/sub, CLIENT TRACKING, blocking
     reads) on ``redis``'s server; for a cluster, on one node: the one that serves ``key`` (the
@@ -611,7 +631,7 @@ class ClientSpec:
         connection_class = getattr(importlib.import_module(module), name)
         return cls(connection_class, dict(data["kwargs"]), tuple(data.get("cluster_nodes", ())))
 
-    def client(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis:
+    def client(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> cluster.RedisClient:
         if self.cluster_nodes:
             return cluster.cluster_client(
                 cluster.parse_nodes(self.cluster_nodes),
@@ -628,7 +648,7 @@ class ClientSpec:
         return aioredis.Redis.from_pool(pool)
 
 
-def portable_spec(client: aioredis.Redis) -> ClientSpec:
+def portable_spec(client: cluster.RedisClient) -> ClientSpec:
     """A :class:`ClientSpec` for ``client``'s server, to hand to a worker process.
 
     fakeredis lives inside one process, so it cannot be shared this way.

@@ -35,12 +35,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import redis.asyncio as aioredis
 
 from ._reaper import Reaper
 from .errors import RedisUnavailableError
+
+if TYPE_CHECKING:
+    import fakeredis
 
 __all__ = [
     "EmbeddedServer",
@@ -185,15 +188,16 @@ class EmbeddedServer:
             if current is None or current.process is None or current.process.poll() is not None:
                 if current is not None:
                     current.stop()
-                cls._shared = cls(binary)
-            return cls._shared
+                current = cls._shared = cls(binary)
+            return current
 
     @classmethod
     def running(cls) -> EmbeddedServer | None:
         """The shared server, if one is running."""
         current = cls._shared
-        alive = current is not None and current.process is not None
-        return current if alive and current.process.poll() is None else None
+        if current is None or current.process is None or current.process.poll() is not None:
+            return None
+        return current
 
     def _spawn(self) -> subprocess.Popen:
         process = subprocess.Popen(
@@ -263,7 +267,7 @@ class EmbeddedServer:
 
 # --- fakeredis: the last resort ---------------------------------------------------------------
 
-_fake_server = None
+_fake_server: fakeredis.FakeServer | None = None
 
 
 def fake_client(max_connections: int, pool_timeout: float, **_timeouts: float) -> aioredis.Redis:
@@ -276,7 +280,9 @@ def fake_client(max_connections: int, pool_timeout: float, **_timeouts: float) -
     return fake_client_on(_fake_server, max_connections, pool_timeout)
 
 
-def fake_client_on(server, max_connections: int, pool_timeout: float) -> aioredis.Redis:
+def fake_client_on(
+    server: fakeredis.FakeServer, max_connections: int, pool_timeout: float | None
+) -> aioredis.Redis:
     """Another client of the fakeredis ``server`` (what clone_client makes for a fake)."""
     import fakeredis
 

@@ -19,12 +19,11 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
-
-import redis.asyncio as aioredis
+from typing import Any, TypeVar
 
 from .cache import Cache
+from .cluster import RedisClient
 from .connection import ClientSpec, portable_spec
 from .errors import ExperimentError
 from .herd import herd_policy
@@ -46,6 +45,15 @@ START_MARGIN_S = 0.1
 WORKER_TIMEOUT_S = 180.0
 MESSAGE_LIMIT = 256 * 1024 * 1024
 """A worker's result is one JSON line with a row per request: allow large ones."""
+
+_Pipe = TypeVar("_Pipe", asyncio.StreamReader, asyncio.StreamWriter)
+
+
+def _pipe(stream: _Pipe | None) -> _Pipe:
+    """A worker's stdin, stdout or stderr: :func:`_spawn_worker` opens all three as pipes."""
+    if stream is None:
+        raise ExperimentError("a worker process was started without its pipes")
+    return stream
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,12 @@ class StampedePlan:
 
 async def prepare_instance(
     index: int,
-    client: aioredis.Redis,
+    client: RedisClient,
     plan: StampedePlan,
     client_ids: list[int],
     backend: SlowBackend,
     gate: Gate,
-) -> Awaitable[list[dict]]:
+) -> asyncio.Future[list[dict[str, Any]]]:
     """Warm the pool, park one task per client at ``gate``; await the result for their rows.
 
     Rows hold absolute ``start`` / ``end`` times (``time.perf_counter()``) and the outcome.
@@ -102,7 +110,7 @@ async def prepare_instance(
 
 
 async def run_in_processes(
-    base: aioredis.Redis, plan: StampedePlan, assignments: list[list[int]]
+    base: RedisClient, plan: StampedePlan, assignments: list[list[int]]
 ) -> tuple[list[dict], list[dict]]:
     """Run each instance in its own OS process; return request rows and backend calls.
 
@@ -115,12 +123,12 @@ async def run_in_processes(
     try:
         for i, (worker, ids) in enumerate(zip(workers, assignments, strict=True)):
             job = {"index": i, "spec": spec.to_json(), "plan": asdict(plan), "clients": ids}
-            worker.stdin.write((json.dumps(job) + "\n").encode())
+            _pipe(worker.stdin).write((json.dumps(job) + "\n").encode())
         async with asyncio.timeout(WORKER_TIMEOUT_S):
             await asyncio.gather(*(expect(w, "ready") for w in workers))
             start_at = time.perf_counter() + START_MARGIN_S
             for worker in workers:
-                worker.stdin.write(f"{json.dumps({'start_at': start_at})}\n".encode())
+                _pipe(worker.stdin).write(f"{json.dumps({'start_at': start_at})}\n".encode())
             finished = await asyncio.gather(*(expect(w, "done") for w in workers))
     except TimeoutError:
         raise ExperimentError(
@@ -148,13 +156,13 @@ async def _spawn_worker() -> asyncio.subprocess.Process:
 
 async def expect(worker: asyncio.subprocess.Process, kind: str) -> dict:
     """The worker's next message, which must be ``kind``; its stderr if it failed instead."""
-    line = await worker.stdout.readline()
+    line = await _pipe(worker.stdout).readline()
     message = json.loads(line) if line.strip() else {"kind": "exit"}
     if message["kind"] == kind:
         return message
     if message["kind"] == "error":
         raise ExperimentError(f"a worker process failed:\n{message['traceback']}")
-    stderr = (await worker.stderr.read()).decode(errors="replace").strip()
+    stderr = (await _pipe(worker.stderr).read()).decode(errors="replace").strip()
     raise ExperimentError(
         f"a worker process exited before sending {kind!r} (exit code {await worker.wait()}):\n"
         f"{stderr[-2000:]}"
@@ -164,7 +172,7 @@ async def expect(worker: asyncio.subprocess.Process, kind: str) -> dict:
 async def stop(worker: asyncio.subprocess.Process) -> None:
     """Close the worker's stdin and wait for it to exit (kill it after 10 s)."""
     with contextlib.suppress(ProcessLookupError, OSError):
-        worker.stdin.close()
+        _pipe(worker.stdin).close()
     try:
         async with asyncio.timeout(10):
             await worker.wait()
@@ -176,7 +184,7 @@ async def stop(worker: asyncio.subprocess.Process) -> None:
 async def start_worker(job: dict) -> asyncio.subprocess.Process:
     """Start a worker process and hand it ``job`` (see :func:`_worker_session` for the kinds)."""
     worker = await _spawn_worker()
-    worker.stdin.write((json.dumps(job) + "\n").encode())
+    _pipe(worker.stdin).write((json.dumps(job) + "\n").encode())
     return worker
 
 

@@ -30,11 +30,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ._checks import positive_seconds
-from .cluster import is_cluster, same_slot
+from .cluster import RedisClient, is_cluster, same_slot
 from .errors import CachelabError, ConfigurationError, LockLostError, LockTimeoutError
 from .store import FENCE_TTL_MS, LockCommands
 from .subscriber import Subscriber
@@ -62,7 +61,7 @@ class RedisLock:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         name: str,
         *,
         ttl: float = 10.0,

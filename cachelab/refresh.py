@@ -47,11 +47,16 @@ class Verdict(Enum):
 
 
 class EntryTimes(Protocol):
-    """What a refresh policy may look at: the entry's timings (Unix seconds / milliseconds)."""
+    """What a refresh policy may look at: the entry's timings (Unix seconds / milliseconds).
 
-    load_ms: float
-    expires_at: float
-    soft_expires_at: float | None
+    Read-only (properties), so that a named tuple such as :class:`~cachelab.Entry` fits."""
+
+    @property
+    def load_ms(self) -> float: ...
+    @property
+    def expires_at(self) -> float: ...
+    @property
+    def soft_expires_at(self) -> float | None: ...
 
 
 class RefreshPolicy:
@@ -105,7 +110,7 @@ class StaleWhileRevalidate(RefreshPolicy):
     With ``ttl_jitter`` the soft TTL is spread by the same factor as the TTL, so every entry
     still turns stale before it expires."""
 
-    soft_ttl_s: float  # type: ignore[assignment]  # required here, None on the base class
+    soft_ttl_s: float  # required here, None on the base class
 
     name = "swr"
 

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import pickle
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import ConfigurationError, SerializationError
@@ -163,7 +164,10 @@ class PickleSerializer:
             raise SerializationError(f"signed pickle could not be loaded: {exc}") from None
 
 
-_BY_NAME = {"json": JsonSerializer, "msgpack": MsgpackSerializer}
+_BY_NAME: dict[str, Callable[[], Serializer]] = {
+    "json": JsonSerializer,
+    "msgpack": MsgpackSerializer,
+}
 
 
 def get_serializer(spec: str | Serializer) -> Serializer:

@@ -134,7 +134,7 @@ class SingleFlight:
         call = self._calls.get(key)
         if call is None:
             call = self._calls[key] = _Call(asyncio.ensure_future(fn()), key)
-            call.task.add_done_callback(lambda _t, call=call: self._finished(call))
+            call.task.add_done_callback(lambda _t: self._finished(call))  # `call` is not rebound
         call.callers += 1
         try:
             value = await asyncio.shield(call.task)

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from .breaker import CircuitBreaker, Permit
-from .cluster import NoFreeConnection, is_cluster
+from .cluster import NoFreeConnection, RedisClient, is_cluster
 from .codec import Codec, Entry, Packed
 from .connection import clone_client, permission_problem, server_label
 from .errors import AuthenticationError, CachelabError, CacheUnavailableError
@@ -247,7 +246,7 @@ class Guard:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         namespace: str,
         breaker: CircuitBreaker | None,
         stats: Stats,
@@ -283,25 +282,26 @@ class Guard:
         """The cachelab error for a failed command (settling ``permit`` with the breaker)."""
         breaker = self.breaker
         if isinstance(exc, CachelabError):  # already ours (a refused SUBSCRIBE, a bad option)
-            if permit is not None:  # an inner command's outage was counted where it happened
+            # an inner command's outage was counted where it happened
+            if permit is not None and breaker is not None:
                 unavailable = isinstance(exc, CacheUnavailableError)
                 (breaker.release if unavailable else breaker.success)(permit)
             return exc
         if isinstance(exc, _REFUSED):
-            if permit is not None:
+            if permit is not None and breaker is not None:
                 breaker.success(permit)  # an answer: Redis is up
             return AuthenticationError(self.refused(exc))
         if is_pool_busy(exc):
-            if permit is not None:
+            if permit is not None and breaker is not None:
                 breaker.release(permit)
             self.stats.pool_timeouts += 1
             return CacheUnavailableError(self.unavailable(exc))
         if isinstance(exc, _OUTAGES):
-            if permit is not None:
+            if permit is not None and breaker is not None:
                 breaker.failure(permit)
             self.stats.redis_errors += 1
             return CacheUnavailableError(self.unavailable(exc))
-        if permit is not None:
+        if permit is not None and breaker is not None:
             breaker.success(permit)
         return exc
 
@@ -361,15 +361,15 @@ class LockCommands:
     expires while its holder is healthy).
     """
 
-    _by_client: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, LockCommands]] = (
+    _by_client: ClassVar[weakref.WeakKeyDictionary[RedisClient, LockCommands]] = (
         weakref.WeakKeyDictionary()
     )
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         guard: Callable[..., Awaitable[Any]] = _unguarded,
-        control: aioredis.Redis | None = None,
+        control: RedisClient | None = None,
     ) -> None:
         self.redis = redis
         self.guard = guard
@@ -380,17 +380,19 @@ class LockCommands:
         self._extend = control.register_script(EXTEND)
 
     @classmethod
-    def of(cls, redis: aioredis.Redis) -> LockCommands:
+    def of(cls, redis: RedisClient) -> LockCommands:
         """The commands for locks on a client of the user's own (unguarded)."""
         found = cls._by_client.get(redis)
         if found is None:
             found = cls._by_client[redis] = cls(redis)
         return found
 
-    async def acquire(self, lock: str, fence: str, token: str, ms: int, fence_ms: int):
+    async def acquire(self, lock: str, fence: str, token: str, ms: int, fence_ms: int) -> Any:
         return await self.guard(self._acquire, keys=[lock, fence], args=[token, ms, fence_ms])
 
-    async def claim(self, value: str, lock: str, fence: str, token: str, ms: int, unreadable):
+    async def claim(
+        self, value: str, lock: str, fence: str, token: str, ms: int, unreadable: bytes
+    ) -> Any:
         args = [token, ms, FENCE_TTL_MS, unreadable]
         return await self.guard(self._claim, keys=[value, lock, fence], args=args)
 
@@ -493,13 +495,13 @@ class ReadBatcher(_TickBatcher):
     one per hash slot); the same key read twice in a batch is read once. Where it can, it sends
     them on a pipelined connection of its own (:mod:`cachelab.wire`), not through redis-py."""
 
-    def __init__(self, redis: aioredis.Redis, guard: Guard, *, cluster: bool = False) -> None:
+    def __init__(self, redis: RedisClient, guard: Guard, *, cluster: bool = False) -> None:
         super().__init__(guard, max_batch=256)
         self.channel = None if cluster else Channel.of(redis)
         if self.channel is not None:
             self._mget: Callable[..., Awaitable[Any]] = partial(self.channel.call, "MGET")
         else:
-            self._mget = redis.mget_nonatomic if cluster else redis.mget
+            self._mget = redis.mget_nonatomic if cluster and is_cluster(redis) else redis.mget
 
     async def _send_one(self, value: str) -> tuple[Any, Any]:
         raw, fence = await self._guard(self._mget, value, value + ":fence")
@@ -521,7 +523,7 @@ class ScriptBatcher(_TickBatcher):
     is kept: Redis runs them as they were issued. A script the server has forgotten (NOSCRIPT,
     after a restart or SCRIPT FLUSH) is sent again on its own, which loads it."""
 
-    def __init__(self, redis: aioredis.Redis, guard: Guard) -> None:
+    def __init__(self, redis: RedisClient, guard: Guard) -> None:
         super().__init__(guard, max_batch=128)
         self._redis = redis
         self._translate = guard.translate
@@ -580,7 +582,7 @@ class RedisStore:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: KeySpace,
         codec: Codec,
         *,
@@ -602,7 +604,7 @@ class RedisStore:
         self._lease = redis.register_script(LEASE)
         self._give_back = redis.register_script(GIVE_BACK)
         self._fill_and_release = redis.register_script(FILL_AND_RELEASE)
-        self._control: aioredis.Redis | None = None
+        self._control: RedisClient | None = None
         self._locks: LockCommands | None = None
 
     @property
@@ -720,32 +722,32 @@ class RedisStore:
         keys = [value, value + ":fence", value + ":lease", value + ":stale"]
         data, px = (packed.data, packed.px) if packed is not None else (b"", 0)
         args: list[Any] = [data, px, FENCE_TTL_MS, stale_ms, "", "", 0, key, ""]
-        separate_xadd = False
+        xadd_after: Announce | None = None  # an XADD that cannot be in the script
         if announce is not None:
             args[4], args[5] = announce.channel, announce.message
             if announce.stream is not None:
                 if self.cluster:  # another slot: cannot be in this script
-                    separate_xadd = True
+                    xadd_after = announce
                 else:
                     keys.append(announce.stream)
                     args[6], args[8] = announce.maxlen, announce.sender
         changed, fence = await self._script(self._write, keys, args)
-        if separate_xadd:
+        if xadd_after is not None:
             await self.guard(
                 self.redis.xadd,
-                announce.stream,
-                {"k": key, "s": announce.sender},
-                maxlen=announce.maxlen,
+                xadd_after.stream,
+                {"k": key, "s": xadd_after.sender},
+                maxlen=xadd_after.maxlen,
                 approximate=True,
             )
         return int(changed), int(fence)
 
     # --- housekeeping -----------------------------------------------------------------------
 
-    async def scan(self):
+    async def scan(self) -> AsyncIterator[bytes]:
         """Every Redis key of this namespace (values and helpers), by SCAN, never KEYS."""
         async for rkey in self.redis.scan_iter(match=self.keys.pattern(), count=500):
-            yield rkey
+            yield cast(bytes, rkey)  # cachelab's clients do not decode replies
 
     async def unlink(self, keys: list[bytes | str]) -> None:
         if keys:

@@ -14,11 +14,13 @@ commands and notebook 05 use, and what a service would use to process entries at
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .cluster import RedisClient
 from .errors import ConfigurationError, StreamError
 
 __all__ = ["StreamConsumer", "StreamEntry", "add", "read_from_last", "trim"]
@@ -32,7 +34,7 @@ class StreamEntry:
     fields: dict[str, str]
 
 
-def _entries(raw) -> list[StreamEntry]:
+def _entries(raw: Iterable[tuple[Any, Any]]) -> list[StreamEntry]:
     return [
         StreamEntry(
             entry_id.decode(),
@@ -47,8 +49,8 @@ def _check_name(stream: str) -> None:
         raise ConfigurationError(f"a stream needs a non-empty name, got {stream!r}")
 
 
-async def _require_stream(redis: aioredis.Redis, stream: str) -> None:
-    kind = await redis.type(stream)
+async def _require_stream(redis: RedisClient, stream: str) -> None:
+    kind = cast(bytes, await redis.type(stream))  # cachelab's clients do not decode replies
     if kind == b"none":
         raise StreamError(
             f"stream {stream!r} does not exist; add an entry first (cachelab stream add "
@@ -59,19 +61,18 @@ async def _require_stream(redis: aioredis.Redis, stream: str) -> None:
 
 
 async def add(
-    redis: aioredis.Redis, stream: str, fields: dict[str, str], *, maxlen: int | None = None
+    redis: RedisClient, stream: str, fields: dict[str, str], *, maxlen: int | None = None
 ) -> str:
     """XADD ``fields``; with ``maxlen``, trim to about that many entries. Returns the new id."""
     _check_name(stream)
     if not fields:
         raise ConfigurationError("an entry needs at least one field, e.g. event=created")
-    entry_id = await redis.xadd(stream, fields, maxlen=maxlen, approximate=maxlen is not None)
-    return entry_id.decode()
+    # the ignore: redis-py wants dict[EncodableT, EncodableT], and dict is invariant
+    entry_id = await redis.xadd(stream, fields, maxlen=maxlen, approximate=maxlen is not None)  # type: ignore[arg-type]
+    return cast(bytes, entry_id).decode()  # cachelab's clients do not decode replies
 
 
-async def trim(
-    redis: aioredis.Redis, stream: str, maxlen: int, *, approximate: bool = False
-) -> int:
+async def trim(redis: RedisClient, stream: str, maxlen: int, *, approximate: bool = False) -> int:
     """Keep only the newest ``maxlen`` entries (about, if ``approximate``); return how many went."""
     _check_name(stream)
     if not isinstance(maxlen, int) or maxlen < 0:
@@ -85,7 +86,7 @@ def _cursor_key(stream: str, reader: str) -> str:
 
 
 async def read_from_last(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     stream: str,
     *,
     count: int = 100,
@@ -100,9 +101,9 @@ async def read_from_last(
     """
     _check_name(stream)
     await _require_stream(redis, stream)
-    last = await redis.get(_cursor_key(stream, reader)) if resume else None
+    last = cast(bytes | None, await redis.get(_cursor_key(stream, reader)) if resume else None)
     start = f"({last.decode()}" if last else "-"
-    entries = _entries(await redis.xrange(stream, min=start, max="+", count=count))
+    entries = _entries(await redis.xrange(stream, min=start, max="+", count=count) or [])
     if resume and entries:
         await redis.set(_cursor_key(stream, reader), entries[-1].id)
     return entries
@@ -111,7 +112,7 @@ async def read_from_last(
 class StreamConsumer:
     """Consumer ``consumer`` of group ``group`` on ``stream``."""
 
-    def __init__(self, redis: aioredis.Redis, stream: str, group: str, consumer: str) -> None:
+    def __init__(self, redis: RedisClient, stream: str, group: str, consumer: str) -> None:
         for what, name in (("stream", stream), ("group", group), ("consumer", consumer)):
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"the {what} name must be a non-empty string")
@@ -127,7 +128,7 @@ class StreamConsumer:
             raise
         return True
 
-    async def _call(self, coro):
+    async def _call(self, coro: Awaitable[Any]) -> Any:
         try:
             return await coro
         except ResponseError as exc:
@@ -154,7 +155,7 @@ class StreamConsumer:
         )
         return _entries(reply[0][1]) if reply else []
 
-    async def pending_summary(self) -> list[dict]:
+    async def pending_summary(self) -> list[dict[str, Any]]:
         """Per pending entry: id, consumer, idle ms and delivery count (XPENDING)."""
         rows = await self._call(
             self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=1000)

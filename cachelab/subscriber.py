@@ -21,9 +21,8 @@ import contextlib
 import secrets
 import weakref
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,6 +30,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .connection import listener_client, permission_problem
 from .errors import AuthenticationError
 from .tasks import cancel_all
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from .cluster import RedisClient
 
 __all__ = ["LOST", "RESUMED", "Inbox", "Subscriber"]
 
@@ -69,7 +73,7 @@ class Inbox:
         self._queue.put_nowait(item)
 
 
-def _refused(exc: ResponseError, client: aioredis.Redis | None) -> Exception:
+def _refused(exc: ResponseError, client: RedisClient | None) -> Exception:
     """An ACL refusal of our SUBSCRIBE as one line naming the grant (it wakes lock waiters and
     carries invalidations); any other error reply as it is."""
     problem = permission_problem(exc, client) if client is not None else None
@@ -83,14 +87,14 @@ class Subscriber:
     """How long a channel stays subscribed (and the connection open) after its last listener
     left: a stampede's waiters come and go together, and the next one comes soon."""
 
-    _by_client: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, Subscriber]] = (
+    _by_client: ClassVar[weakref.WeakKeyDictionary[RedisClient, Subscriber]] = (
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         # weak: _by_client's values must not keep their keys (the clients) alive
         self._redis = weakref.ref(redis)
-        self._pubsub = None
+        self._pubsub: PubSub | None = None
         self._reader: asyncio.Task | None = None
         self._inboxes: dict[bytes, set[Inbox]] = {}
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
@@ -102,7 +106,7 @@ class Subscriber:
         self._retiring: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, redis: aioredis.Redis) -> Subscriber:
+    def of(cls, redis: RedisClient) -> Subscriber:
         """The process-wide subscriber of ``redis`` (created on first use)."""
         found = cls._by_client.get(redis)
         if found is None:
@@ -110,7 +114,7 @@ class Subscriber:
         return found
 
     @property
-    def redis(self) -> aioredis.Redis | None:
+    def redis(self) -> RedisClient | None:
         """The client this subscriber belongs to (None once it was garbage-collected)."""
         return self._redis()
 
@@ -147,13 +151,19 @@ class Subscriber:
             confirmed = self._confirmed.get(channel)
             if confirmed is not None and confirmed.done() and self._pubsub is not None:
                 return  # still subscribed (its last listener left only a moment ago)
-            if self._pubsub is None:
-                self._pubsub = listener_client(self.redis, self.client_name).pubsub()
+            pubsub = self._pubsub
+            if pubsub is None:
+                redis = self.redis
+                if redis is None:  # whoever subscribes holds the client: never
+                    raise ReferenceError("the Redis client of this Subscriber was collected")
+                pubsub = self._pubsub = listener_client(redis, self.client_name).pubsub()
             confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
             try:
-                await self._pubsub.subscribe(channel)
+                await pubsub.subscribe(channel)
                 if self._reader is None or self._reader.done():
-                    self._reader = asyncio.create_task(self._read(), name="cachelab-subscriber")
+                    self._reader = asyncio.create_task(
+                        self._read(pubsub), name="cachelab-subscriber"
+                    )
                 async with asyncio.timeout(_SUBSCRIBE_TIMEOUT):
                     await asyncio.shield(confirmed)
             except BaseException:
@@ -213,11 +223,12 @@ class Subscriber:
             await pubsub.aclose()
             await pubsub.connection_pool.disconnect()
 
-    async def _read(self) -> None:
+    async def _read(self, pubsub: PubSub) -> None:
+        """Deliver ``pubsub``'s messages (the reader is cancelled before its pubsub is closed)."""
         backoff = 0.05
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=None)
+                message = await pubsub.get_message(timeout=None)
                 if message is not None:
                     self._deliver(message)
             except ResponseError as exc:  # an error reply to our SUBSCRIBE (an ACL refused it)
@@ -236,7 +247,7 @@ class Subscriber:
             else:
                 backoff = 0.05
 
-    def _deliver(self, message: dict) -> None:
+    def _deliver(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
         if kind == "subscribe":
             future = self._confirmed.get(channel)

@@ -138,7 +138,9 @@ def validate_url(url: str) -> None:
         raise InvalidURLError(
             f"{redact_url(url)} is not a valid Redis URL: {scrub(str(exc), url)}; {expected}"
         ) from None
-    unknown = sorted(set(options) - _options_of(options.get("connection_class", Connection)))
+    # a plain `type`: mypy takes a type[C] for unhashable (python/mypy#11470)
+    connection_class: type = options.get("connection_class", Connection)
+    unknown = sorted(set(options) - _options_of(connection_class))
     if unknown:
         raise InvalidURLError(
             scrub(

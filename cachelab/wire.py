@@ -20,10 +20,13 @@ import asyncio
 import collections
 import contextlib
 import weakref
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+
+if TYPE_CHECKING:
+    from .cluster import RedisClient
 
 __all__ = ["Channel"]
 
@@ -60,7 +63,7 @@ class _Link:
 class Channel:
     """One pipelined connection per client, opened on first use (see the module docstring)."""
 
-    _by_client: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, Channel]] = (
+    _by_client: ClassVar[weakref.WeakKeyDictionary[RedisClient, Channel]] = (
         weakref.WeakKeyDictionary()
     )
 
@@ -74,7 +77,7 @@ class Channel:
     """The channel keeps one of the pool's connections: a smaller pool would starve the rest."""
 
     @classmethod
-    def of(cls, redis: aioredis.Redis) -> Channel | None:
+    def of(cls, redis: RedisClient) -> Channel | None:
         """The channel of ``redis`` (made on first use), or None where only redis-py can talk:
         a cluster client, fakeredis, a pool of fewer than :attr:`SMALLEST_POOL` connections, or
         an interpreter without hiredis."""
@@ -96,7 +99,8 @@ class Channel:
             link = await self._connect()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         link.pending.append(future)
-        link.writer.write(hiredis.pack_command(args))
+        # hiredis's stub says a 1-tuple (Tuple[str | ...]); it packs a command of any length
+        link.writer.write(hiredis.pack_command(args))  # type: ignore[arg-type]
         try:
             async with asyncio.timeout(self._timeout):
                 return await future

@@ -1,5 +1,5 @@
-"""The project's own promises: a tidy public API; environment.yml in step with pyproject.toml
-(the library, its extras and the dev group)."""
+"""The project's own promises: a tidy, typed public API; environment.yml in step with
+pyproject.toml (the library, its extras and the dev group)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ def test_nothing_public_is_missing_from_all():
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert public == set(cachelab.__all__)
+
+
+def test_the_package_says_it_is_typed():
+    """PEP 561: without ``py.typed`` a user's type checker ignores cachelab's annotations (the
+    wheel ships it: hatch includes every file under cachelab/)."""
+    assert (ROOT / "cachelab" / "py.typed").is_file()
+
+
+def test_mypy_checks_the_package():
+    """``uv run mypy`` (and CI) checks cachelab/, strictly enough to mean something."""
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert mypy["files"] == ["cachelab"]
+    assert mypy["check_untyped_defs"] and mypy["warn_unused_ignores"]
+    assert "ignore_missing_imports" not in mypy, "list untyped modules in [[tool.mypy.overrides]]"
 
 
 def normalise(name: str) -> str:

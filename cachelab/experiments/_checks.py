@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from ..herd import herd_policy
+from ..herd import HerdPolicy, herd_policy
 
 __all__ = ["known_policy", "positive"]
 
@@ -15,6 +15,7 @@ def positive(**values: object) -> None:
             raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
 
 
-def known_policy(name: str, options: dict | None = None) -> None:
-    """A herd-policy name (with options) that :func:`cachelab.policies.herd_policy` accepts."""
+def known_policy(name: str | HerdPolicy, options: dict | None = None) -> None:
+    """A herd-policy name (with options), or a policy, that :func:`cachelab.policies.herd_policy`
+    accepts."""
     herd_policy(name, **(options or {}))

@@ -19,14 +19,15 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..cache import Cache
+from ..cluster import RedisClient
 from ..connection import clone_client, connect
 from ..errors import ConfigurationError
 from ..l1 import (
@@ -49,13 +50,14 @@ READ_COLUMNS = ["t_s", "instance", "key", "version", "committed", "stale", "stal
 
 
 def _invalidator(mode: str) -> Invalidator | None:
-    return {
+    made: dict[str, Callable[[], Invalidator | None]] = {
         "none": lambda: None,
         "pubsub": PubSubInvalidator,
         "pubsub-noflush": lambda: PubSubInvalidator(flush_on_reconnect=False),
         "streams": StreamInvalidator,
         "tracking": TrackingInvalidator,
-    }[mode]()
+    }
+    return made[mode]()
 
 
 @dataclass
@@ -88,7 +90,7 @@ async def run_invalidation(
     outage_s: float = 0.5,
     loader_ms: float = 2.0,
     delivery_window_ms: float = 100.0,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     seed: int | None = None,
 ) -> InvalidationResult:
     """Reads at ``readers_rate``/s and writes at ``writes_rate``/s over ``keys`` keys for
@@ -115,7 +117,7 @@ async def run_invalidation(
     if not isinstance(instances, int) or instances < 1 or keys < 1:
         raise ConfigurationError("instances and keys must be positive whole numbers")
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     run = uuid.uuid4().hex[:12]
     namespace = f"cachelab:coherence:{run}"
     clients = [clone_client(base, max_connections=16, client_name=f"cachelab-coherence-{run}-{i}")
@@ -159,7 +161,7 @@ async def run_invalidation(
             committed[key] = version
             commits.append({"t_s": time.perf_counter() - start, "key": key, "version": version})
 
-    async def fault() -> None:
+    async def fault(kill_at: float) -> None:
         # a timeout inside the task, not asyncio.wait_for around it: cancelling a wait_for twice
         # abandons the task it waits for, and this one would then poll forever
         async with asyncio.timeout(duration + 5):
@@ -170,16 +172,17 @@ async def run_invalidation(
             # own last cut, not the last round: one that reconnected after a round's CLIENT LIST
             # was not cut in that round, and is back although it resumed before the round ended
             cut_at: dict[int, float] = {}
+            invalidators = [c.invalidator for c in caches if c.invalidator is not None]  # all
             while True:  # at least one round, however late a busy event loop gets here
-                for i, cache in enumerate(caches):
-                    killed = await kill_connections(base, cache.invalidator.connection_names())
+                for i, invalidator in enumerate(invalidators):
+                    killed = await kill_connections(base, invalidator.connection_names())
                     if killed:
                         marks["killed"] += killed
                         cut_at[i] = time.perf_counter()  # after it: later resumptions are real
                 if time.perf_counter() - start >= kill_at + outage_s:
                     break
                 await asyncio.sleep(0.02)
-            while not all((caches[i].invalidator.resumed_at or 0) > t for i, t in cut_at.items()):  # noqa: ASYNC110
+            while not all((invalidators[i].resumed_at or 0) > t for i, t in cut_at.items()):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)  # a local attribute, polled: no Redis traffic
             marks["reconnected_s"] = time.perf_counter() - start
 
@@ -195,12 +198,12 @@ async def run_invalidation(
             asyncio.create_task(drive_poisson(writes_rate, duration, rng, write, start=start)),
         ]
         if kill_at is not None and mode != "none":
-            jobs.append(asyncio.create_task(fault()))
+            jobs.append(asyncio.create_task(fault(kill_at)))
         await asyncio.gather(*jobs)
         if mode != "none":
             await _drain(caches, applied)
         stats = [c.invalidator.stats.as_dict() for c in caches if c.invalidator is not None]
-        near = [c.near.stats.as_dict() for c in caches]
+        near = [c.near.stats.as_dict() for c in caches if c.near is not None]  # all
     finally:
         await cancel_all(jobs)  # gather gives up at the first failure, leaving the others running
         for cache in caches:

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
-import redis.asyncio as aioredis
 
+from ..cluster import RedisClient
 from ..connection import connect
 from ..errors import ConfigurationError
 from ..metrics import Outcome
@@ -108,7 +108,7 @@ def _chosen(
                 )
     if not any(chosen.values()):
         raise ConfigurationError("no combinations to run: name at least one workload with pairs")
-    return chosen
+    return {w: [(herd, refresh) for herd, refresh in pairs] for w, pairs in chosen.items()}
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class _Workloads:
     ttl: float
     writes_per_s: float
     beta: float
-    redis: aioredis.Redis
+    redis: RedisClient
     seed: int | None
 
     async def cold_start(self, herd: str, _refresh: str) -> dict:
@@ -188,7 +188,7 @@ async def compare_policies(
     beta: float = 1.0,
     workloads: Iterable[str] = WORKLOADS,
     combinations: Mapping[str, Iterable[tuple[str, str]]] | None = None,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     seed: int | None = None,
     on_run: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
@@ -216,7 +216,7 @@ async def compare_policies(
     if not isinstance(beta, int | float) or isinstance(beta, bool) or not beta > 0:
         raise ConfigurationError(f"beta must be a positive number, got {beta!r}")
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     runs = _Workloads(clients, instances, loader_ms, rate, duration, ttl, writes_per_s, beta,
                       base, seed)  # fmt: skip
     rows = []

@@ -25,9 +25,9 @@ from itertools import pairwise
 
 import numpy as np
 import pandas as pd
-import redis.asyncio as aioredis
 
 from ..cache import Cache
+from ..cluster import RedisClient
 from ..connection import clone_client, connect
 from ..errors import ConfigurationError
 from ..metrics import Outcome
@@ -105,7 +105,7 @@ async def run_expiry(
     beta: float = 1.0,
     *,
     soft_ttl: float | None = None,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     seed: int | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> ExpiryResult:
@@ -119,7 +119,7 @@ async def run_expiry(
     _check(rate, duration, ttl, loader_ms, instances, policy)
     refresher = _refresh(refresh, beta, soft_ttl, ttl, seed)
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     namespace = f"cachelab:expiry:{uuid.uuid4().hex[:12]}"
     clients = [clone_client(base, max_connections=32) for _ in range(instances)]
     caches = [

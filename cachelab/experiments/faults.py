@@ -25,10 +25,10 @@ import uuid
 from dataclasses import dataclass, field
 
 import pandas as pd
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..cache import Cache
+from ..cluster import RedisClient
 from ..connection import clone_client, connect, portable_spec
 from ..errors import ConfigurationError
 from ..herd import Distributed
@@ -109,7 +109,7 @@ async def _end(worker: asyncio.subprocess.Process | None) -> None:
 
 
 async def run_crashed_holder(
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     *,
     lock_ttl: float = 1.0,
     waiters: int = 20,
@@ -119,7 +119,7 @@ async def run_crashed_holder(
     """Kill the lock holder mid-load; measure how long ``waiters`` wait and how many load."""
     _require_signals()
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     (namespace, name), key = _run_id(), "report"
     clock = _Clock()
     clients = [clone_client(base, max_connections=8, client_name=f"{name}-instance-{i}")
@@ -168,7 +168,7 @@ async def run_crashed_holder(
 
 
 async def run_paused_holder(
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     *,
     fence: bool = True,
     lock_ttl: float = 1.0,
@@ -188,7 +188,7 @@ async def run_paused_holder(
             "lock expires while its holder is frozen"
         )
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     (namespace, name), key = _run_id(), "balance"
     clock = _Clock()
     policy = Distributed(lock_ttl=lock_ttl, fence=fence)

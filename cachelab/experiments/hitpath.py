@@ -30,14 +30,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 
 from ..cache import Cache
-from ..cluster import is_cluster
+from ..cluster import RedisClient, is_cluster
 from ..connection import DEFAULT_MAX_CONNECTIONS, clone_client, connect
 from ..errors import ConfigurationError, ExperimentError
 from ..tasks import cancel_all
@@ -160,7 +160,7 @@ def redis_benchmark_skip_reason(client: Any, binary: str | None) -> str | None:
 
 
 async def measure_hit_path(
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     *,
     concurrency: Iterable[int] = (1, 10, 50, 200),
     reads: int = 2000,
@@ -185,7 +185,7 @@ async def measure_hit_path(
     levels, keys = _check(concurrency, reads, rounds, keys, redis_benchmark, namespace, pool_size)
     binary = shutil.which("redis-benchmark")
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     skipped: dict[str, str] = {}
     if not redis_benchmark:
         skipped[REDIS_BENCHMARK] = "it was not asked for (redis_benchmark=False)"
@@ -198,13 +198,15 @@ async def measure_hit_path(
     off = Cache(clients[1], namespace=namespace, ttl=TTL_S, batching=False)
     on = Cache(clients[2], namespace=namespace, ttl=TTL_S, batching=True)
     counting = contextlib.ExitStack()
-    contenders: dict[str, Callable[[int], Awaitable[dict]]] = {
+    # each run takes a concurrency; the Python ones also a number of reads (the warm-up's)
+    contenders: dict[str, Callable[..., Awaitable[dict]]] = {
         RAW: _python_run(_RawReads(clients[0]), raw_keys, reads)
     }
     for name, cache in ((BATCHING_OFF, off), (BATCHING_ON, on)):
         reader = _CacheReads(cache, counting.enter_context(count_mgets(cache)))
         contenders[name] = _python_run(reader, cache_keys, reads)
-    if REDIS_BENCHMARK not in skipped:
+    # not skipped: found, and a plain client (redis_benchmark_skip_reason)
+    if REDIS_BENCHMARK not in skipped and binary is not None and not is_cluster(base):
         pool = base.connection_pool
         where = (binary, pool.connection_kwargs["host"], pool.connection_kwargs["port"])
         many = max(reads, REDIS_BENCHMARK_READS)
@@ -268,7 +270,7 @@ def summarize_hit_path(frame: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-async def redis_usec_per_call(redis: aioredis.Redis, command: str = "get") -> float | None:
+async def redis_usec_per_call(redis: RedisClient, command: str = "get") -> float | None:
     """Microseconds Redis spends on one ``command`` on average, from ``INFO commandstats`` (its
     own CPU, without the network or the client; since the server started, for every client of
     it). None where the server does not say (fakeredis, a cluster, a command never run)."""
@@ -284,7 +286,9 @@ async def redis_usec_per_call(redis: aioredis.Redis, command: str = "get") -> fl
     return float(entry["usec_per_call"])
 
 
-async def _warm(client: aioredis.Redis, cache: Cache, raw_keys: list[str], cache_keys: list[str]):
+async def _warm(
+    client: RedisClient, cache: Cache, raw_keys: list[str], cache_keys: list[str]
+) -> None:
     """Write every key: the raw ones as JSON, the cache's through the cache (with its header)."""
     payload = json.dumps(VALUE)
     for start in range(0, len(raw_keys), 500):
@@ -299,13 +303,13 @@ async def _warm(client: aioredis.Redis, cache: Cache, raw_keys: list[str], cache
 class _RawReads:
     """The baseline: a redis-py GET and json.loads per read; every GET is one command."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
         self.commands = 0
 
     async def read(self, key: str) -> None:
         self.commands += 1
-        json.loads(await self.client.get(key))
+        json.loads(cast(bytes, await self.client.get(key)))  # a warm key; replies are bytes
 
     def batches(self) -> int:
         return 0
@@ -351,14 +355,14 @@ def count_mgets(cache: Cache) -> Iterator[MgetCount]:
     if batcher is None:
         client = cache.redis
         previous = vars(client).get("mget")  # another count's, if counts are nested
-        client.mget = count.counted(client.mget)
+        vars(client)["mget"] = count.counted(client.mget)  # shadows the method, as it is read
         try:
             yield count
         finally:
             if previous is None:
                 del client.mget  # the class's method again
             else:
-                client.mget = previous
+                vars(client)["mget"] = previous
     else:
         send = batcher._mget
         batcher._mget = count.counted(send)

@@ -21,9 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 
 import pandas as pd
-import redis.asyncio as aioredis
 
 from ..cache import Cache
+from ..cluster import RedisClient
 from ..connection import clone_client, connect
 from ..herd import HerdPolicy
 from ..metrics import Outcome
@@ -60,7 +60,7 @@ async def run_hot_key_writes(
     instances: int = 4,
     policy: str | HerdPolicy = "local",
     *,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     seed: int | None = None,
     bucket_ms: float = 100.0,
     policy_options: dict | None = None,
@@ -81,7 +81,7 @@ async def run_hot_key_writes(
     options = dict(policy_options or {})
     known_policy(policy, options)
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     namespace, key = f"cachelab:hotkey:{uuid.uuid4().hex[:12]}", "hot"
     clients = [clone_client(base, max_connections=32) for _ in range(instances)]
     caches = [
@@ -162,7 +162,7 @@ async def run_mass_expiry(
     loader_ms: float = 30.0,
     policy: str | HerdPolicy = "local",
     *,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     seed: int | None = None,
     bucket_ms: float = 50.0,
 ) -> HotKeyResult:
@@ -174,7 +174,7 @@ async def run_mass_expiry(
     positive(keys=keys, ttl=ttl, rate=rate, duration=duration)
     known_policy(policy)
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     namespace = f"cachelab:massexpiry:{uuid.uuid4().hex[:12]}"
     cache = Cache(base, namespace=namespace, ttl=ttl, policy=policy, ttl_jitter=jitter)
     backend = SlowBackend(loader_ms)

@@ -22,9 +22,9 @@ import uuid
 from collections.abc import Hashable
 
 import pandas as pd
-import redis.asyncio as aioredis
 
 from ..cache import Cache
+from ..cluster import RedisClient
 from ..connection import clone_client
 from ..errors import ConfigurationError, ExperimentError
 from ..l1 import INVALIDATORS, NearCache, StreamInvalidator
@@ -64,7 +64,7 @@ class _WatchedNearCache(NearCache):
 
 
 async def measure_invalidation_latency(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     mode: str = "pubsub",
     samples: int = 200,
     *,
@@ -113,6 +113,8 @@ async def measure_invalidation_latency(
                     f"{mode}: no invalidation reached the reader within {timeout_s:g} s"
                 ) from None
             dropped = watched.dropped_at
+            if dropped is None:  # never: it is noted before the event is set
+                raise ExperimentError(f"{mode}: the reader's L1 did not note the drop")
             rows.append((mode, i, (returned - began) * 1000, (dropped - began) * 1000,
                          max(0.0, dropped - returned) * 1000, dropped < returned))  # fmt: skip
     finally:

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,7 @@ async def _one_outage(binary, mode, on_error, breaker, *, fault, duration_s, fai
                                 "latency_ms": (time.perf_counter() - began) * 1000})  # fmt: skip
 
             for i in range(keys):  # warm: before the outage, requests find their values
-                await cache.refresh(f"item:{i}", lambda i=i: backend.fetch(f"item:{i}"))
+                await cache.refresh(f"item:{i}", partial(backend.fetch, f"item:{i}"))
             backend.calls = 0  # count the run's loads, not the warm-up's
             start = time.perf_counter()
             fault_task = asyncio.create_task(

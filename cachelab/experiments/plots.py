@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import textwrap
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -105,10 +106,12 @@ def plot_timeline(
             label=f"{outcome} ({len(rows)})",
         )
     if backend is not None and len(backend):
-        for i, call in enumerate(backend.itertuples()):
+        # the columns, not itertuples(): pandas types a row's fields as any scalar
+        calls = zip(backend["start_ms"], backend["end_ms"], strict=True)
+        for i, (start_ms, end_ms) in enumerate(calls):
             ax.axvspan(
-                call.start_ms,
-                call.end_ms,
+                start_ms,
+                end_ms,
                 color=VERMILLION,
                 alpha=min(0.15, 2 / len(backend)),
                 lw=0,
@@ -339,8 +342,10 @@ def plot_events(
     height = 1.0 + 1.1 * len(lanes)
     ax = _axes(ax, size=(10, max(3.0, height)))
     origin = float(events["t_ms"].min())
-    row = {actor: len(lanes) - 1 - i for i, actor in enumerate(lanes)}  # first actor on top
-    colors = {actor: PALETTE[i % len(PALETTE)] for i, actor in enumerate(lanes)}
+    # first actor on top; keyed by the actors as the events hold them (pandas types a group's
+    # key as any scalar)
+    row: dict[Any, int] = {actor: len(lanes) - 1 - i for i, actor in enumerate(lanes)}
+    colors: dict[Any, str] = {actor: PALETTE[i % len(PALETTE)] for i, actor in enumerate(lanes)}
     end = float(events["t_ms"].max()) - origin
     seen: set[str] = set()
     for actor, start, stop, label in spans:
@@ -353,7 +358,7 @@ def plot_events(
     for actor, rows in events.groupby("actor", sort=False):
         t = rows["t_ms"].to_numpy() - origin
         ax.scatter(t, np.full(len(t), row[actor]), color=colors[actor], s=60, zorder=3,
-                   edgecolor="black", label=f"event of {actor}")  # fmt: skip
+                   edgecolor="black", label=f"event of {actor!s}")  # fmt: skip
         for j, (x, text) in enumerate(zip(t, rows["event"], strict=True)):
             ax.annotate(
                 "\n".join(textwrap.wrap(str(text), 40)),

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
-import redis.asyncio as aioredis
 
 from ..cache import Cache
+from ..cluster import RedisClient
 from ..connection import clone_client, connect
 from ..errors import ConfigurationError
 from ..instances import StampedePlan, prepare_instance, run_in_processes
@@ -77,7 +77,7 @@ async def run_stampede(
     policy: str = "local",
     loader_ms: float = 50.0,
     *,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     processes: bool = False,
     jitter_ms: float = 0.0,
     failures: int = 0,
@@ -106,7 +106,7 @@ async def run_stampede(
     if not isinstance(pool_size, int) or pool_size < 1:
         raise ConfigurationError(f"pool_size must be a positive int, got {pool_size!r}")
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     plan = StampedePlan(
         namespace=f"cachelab:stampede:{uuid.uuid4().hex[:12]}",
         policy=policy,
@@ -200,7 +200,7 @@ async def run_arrivals(
     loader_ms: float = 50.0,
     policy: str = "none",
     *,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     ttl: float = 60.0,
 ) -> StampedeResult:
     """``clients`` requests for one cold key, arriving one after another, evenly spread over
@@ -216,7 +216,7 @@ async def run_arrivals(
     if not isinstance(spread_ms, int | float) or isinstance(spread_ms, bool) or spread_ms < 0:
         raise ConfigurationError(f"spread_ms must be a number >= 0, got {spread_ms!r}")
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     plan = StampedePlan(
         namespace=f"cachelab:arrivals:{uuid.uuid4().hex[:12]}", policy=policy,
         loader_ms=float(loader_ms), jitter_ms=0.0, failures=0, ttl=ttl,
@@ -263,7 +263,7 @@ async def run_arrivals(
     return result
 
 
-async def _warm(client: aioredis.Redis, connections: int) -> None:
+async def _warm(client: RedisClient, connections: int) -> None:
     """Open the pool's connections before the gate, so latency measures the cache, not TCP setup."""
     await asyncio.gather(*(client.ping() for _ in range(connections)))
 
@@ -274,7 +274,7 @@ async def sweep_stampede(
     instances: int = 4,
     loader_ms: float = 50.0,
     *,
-    redis: aioredis.Redis | None = None,
+    redis: RedisClient | None = None,
     on_run: Callable[[dict], None] | None = None,
     **options,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -288,7 +288,7 @@ async def sweep_stampede(
     for n in clients:
         _check_counts(n, min(instances, n), loader_ms)
     owned = redis is None
-    base = await connect(quiet=True) if owned else redis
+    base = await connect(quiet=True) if redis is None else redis
     summaries, frames = [], []
     try:
         for policy in policies:

@@ -30,18 +30,22 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
-from ..cluster import each_node, is_cluster
+from ..cluster import RedisClient, each_node, is_cluster
 from ..connection import listener_client, user_of
 from ..errors import AuthenticationError, ConfigurationError
 from ..keys import KeySpace
 from ..store import Announce
 from ..subscriber import LOST, RESUMED, Inbox, Subscriber
 from ..tasks import cancel_all
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+    from redis.asyncio.connection import AbstractConnection
 
 __all__ = [
     "INVALIDATORS",
@@ -102,7 +106,7 @@ class Invalidator:
 
     async def start(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: KeySpace,
         on_invalidate: OnInvalidate,
         on_flush: OnFlush,
@@ -164,7 +168,13 @@ class PubSubInvalidator(Invalidator):
         self.stats.sent += 1
         return Announce(channel=keys.channel, message=f"{self.sender} {key}")
 
-    async def start(self, redis, keys, on_invalidate, on_flush) -> None:
+    async def start(
+        self,
+        redis: RedisClient,
+        keys: KeySpace,
+        on_invalidate: OnInvalidate,
+        on_flush: OnFlush,
+    ) -> None:
         await super().start(redis, keys, on_invalidate, on_flush)
         self._subscriber = Subscriber.of(redis)
         inbox = await self._subscriber.subscribe(keys.channel)
@@ -236,14 +246,21 @@ class StreamInvalidator(Invalidator):
     def redis_keys(self, keys: KeySpace) -> list[str]:
         return [keys.stream]
 
-    async def start(self, redis, keys, on_invalidate, on_flush) -> None:
+    async def start(
+        self,
+        redis: RedisClient,
+        keys: KeySpace,
+        on_invalidate: OnInvalidate,
+        on_flush: OnFlush,
+    ) -> None:
         await super().start(redis, keys, on_invalidate, on_flush)
         newest = await redis.xrevrange(keys.stream, count=1)
-        self.last_id = newest[0][0].decode() if newest else "0-0"  # start after what exists
+        # start after what exists (an id is bytes: cachelab's clients do not decode replies)
+        self.last_id = cast(bytes, newest[0][0]).decode() if newest else "0-0"
         self._reader = listener_client(redis, self.connection_names()[0], key=keys.stream)
         await self._reader.ping()  # connected now: a first XREAD cannot fail unseen
         self._task = asyncio.create_task(
-            self._follow(keys.stream), name="cachelab-stream-invalidator"
+            self._follow(self._reader, keys.stream), name="cachelab-stream-invalidator"
         )
 
     async def aclose(self) -> None:
@@ -252,13 +269,18 @@ class StreamInvalidator(Invalidator):
         if reader is not None:
             await reader.aclose()
 
-    async def _follow(self, stream: str) -> None:
+    async def _follow(self, reader: aioredis.Redis, stream: str) -> None:
+        """Apply the stream's entries as they come, with ``reader`` (start()'s listener)."""
         backoff, reconnecting = 0.05, False
         while True:
             try:
                 if reconnecting:
                     await self._check_trimmed(stream)
-                replies = await self._reader.xread({stream: self.last_id}, block=self.block_ms)
+                # the RESP2 shape, [[stream, [(id, fields), ...]]], which the loop below reads
+                replies = cast(
+                    "list[list[Any]] | None",
+                    await reader.xread({stream: self.last_id}, block=self.block_ms),
+                )
                 if reconnecting:
                     self.resumed_at = time.perf_counter()
             except Exception:  # a dropped connection (or anything else): reconnect and replay
@@ -294,12 +316,15 @@ class StreamInvalidator(Invalidator):
         be exact, but XTRIM and XADD MAXLEN do not update it on 7.0, only XDEL does.) Before any
         entry was applied, a stream that ever held more entries than it holds now was trimmed.
         """
+        reader = self._reader
+        if reader is None:  # closed: aclose() cancels the follower before it drops the reader
+            return
         if self.last_id != "0-0":
-            still_there = await self._reader.xrange(stream, min=self.last_id, max=self.last_id)
+            still_there = await reader.xrange(stream, min=self.last_id, max=self.last_id)
             lost = not still_there
         else:
             try:
-                info = await self._reader.xinfo_stream(stream)
+                info = await reader.xinfo_stream(stream)
             except ResponseError:  # no such stream (yet): nothing was written, nothing missed
                 return
             added = info.get("entries-added")  # Redis 7 counts every entry ever added;
@@ -329,7 +354,13 @@ class TrackingInvalidator(Invalidator):
     def connection_names(self) -> list[str]:
         return [f"cachelab-tracking-{self.sender}"]
 
-    async def start(self, redis, keys, on_invalidate, on_flush) -> None:
+    async def start(
+        self,
+        redis: RedisClient,
+        keys: KeySpace,
+        on_invalidate: OnInvalidate,
+        on_flush: OnFlush,
+    ) -> None:
         if is_cluster(redis):
             raise ConfigurationError(
                 "CLIENT TRACKING does not span a Redis Cluster: each master reports only the "
@@ -347,14 +378,15 @@ class TrackingInvalidator(Invalidator):
             self._listen(redis, keys, listener), name="cachelab-tracking-invalidator"
         )
 
-    async def _track(self, redis: aioredis.Redis, keys: KeySpace):
+    async def _track(self, redis: aioredis.Redis, keys: KeySpace) -> PubSub:
         """A listening connection with tracking registered and the subscription confirmed."""
         await self._close_client()
         self._client = listener_client(redis, self.connection_names()[0], protocol=2)
         listener = self._client.pubsub()
         try:
             await listener.connect()
-            connection = listener.connection
+            # connected: redis-py types PubSub.connection as None (an unannotated `= None`)
+            connection = cast("AbstractConnection", listener.connection)
             await connection.send_command("CLIENT", "ID")
             client_id = int(await connection.read_response())
             await connection.send_command(
@@ -386,7 +418,7 @@ class TrackingInvalidator(Invalidator):
             raise
         return listener
 
-    async def _listen(self, redis: aioredis.Redis, keys: KeySpace, listener) -> None:
+    async def _listen(self, redis: aioredis.Redis, keys: KeySpace, listener: PubSub) -> None:
         try:
             while True:
                 try:
@@ -404,7 +436,7 @@ class TrackingInvalidator(Invalidator):
             with contextlib.suppress(Exception):
                 await asyncio.shield(listener.aclose())
 
-    async def _track_again(self, redis: aioredis.Redis, keys: KeySpace):
+    async def _track_again(self, redis: aioredis.Redis, keys: KeySpace) -> PubSub:
         """Register again, backing off while Redis is away; what changed meanwhile is unknown,
         so flush once back."""
         backoff = 0.05
@@ -445,7 +477,7 @@ INVALIDATORS: dict[str, type[Invalidator]] = {
 }
 
 
-async def kill_connections(redis: aioredis.Redis, names: list[str]) -> int:
+async def kill_connections(redis: RedisClient, names: list[str]) -> int:
     """CLIENT KILL every connection whose name is in ``names``; returns how many were killed.
 
     Only the named connections: on a shared server, ``CLIENT KILL TYPE pubsub`` would also cut
@@ -453,7 +485,7 @@ async def kill_connections(redis: aioredis.Redis, names: list[str]) -> int:
     """
     wanted, killed = set(names), 0
     for node in await each_node(redis) if is_cluster(redis) else [None]:
-        on = {} if node is None else {"target_nodes": node}
+        on: dict[str, Any] = {} if node is None else {"target_nodes": node}
         for client in await redis.client_list(**on):
             if client.get("name") in wanted:
                 with contextlib.suppress(ResponseError):  # already gone
