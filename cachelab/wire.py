@@ -33,7 +33,7 @@ __all__ = ["Channel"]
 try:
     import hiredis
 except ImportError:  # no wheel for this interpreter (hiredis is a CPython-only dependency)
-    hiredis = None
+    hiredis = None  # type: ignore[assignment]  # Channel.of() checks it before any use
 
 _KINDS: dict[str, type[redis_errors.RedisError]] = {
     "NOPERM": redis_errors.NoPermissionError,

@@ -628,3 +628,25 @@ def stop_private_redis(url: str) -> None:
     if process is not None and process.poll() is None:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+
+
+async def test_a_streams_listener_reads_its_log_on_a_resp3_client(namespace):
+    """XREAD's reply is a list in RESP2 and a map in RESP3: the listener speaks RESP2 whatever
+    the client does (on RESP3 it used to crash on every entry and restart, L1 flushed)."""
+    resp3 = await cachelab.connect(f"{REAL_URL}?protocol=3", quiet=True)
+    writer = await cachelab.connect(REAL_URL, quiet=True)
+    near = NearCache(max_age_s=60)
+    reader = Cache(resp3, namespace=namespace, ttl=60, near=near, invalidation="streams")
+    other = Cache(writer, namespace=namespace, ttl=60, invalidation="streams")
+    try:
+        await reader.set("k", "v1")
+        assert await reader.get("k") == "v1"
+        await other.set("k", "v2")
+        await until(lambda: reader.invalidator.stats.applied >= 1)
+        assert await reader.get("k") == "v2"
+        assert reader.invalidator.stats.restarts == 0 and reader.invalidator.stats.malformed == 0
+    finally:
+        await reader.clear()
+        await reader.aclose()
+        await resp3.aclose()
+        await writer.aclose()

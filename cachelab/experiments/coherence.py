@@ -122,15 +122,15 @@ async def run_invalidation(
     namespace = f"cachelab:coherence:{run}"
     clients = [clone_client(base, max_connections=16, client_name=f"cachelab-coherence-{run}-{i}")
                for i in range(instances)]  # fmt: skip
+    nears = [NearCache(max_age_s=near_max_age) for _ in clients]
     caches = [
-        Cache(c, namespace=namespace, ttl=60, near=NearCache(max_age_s=near_max_age),
-              invalidation=_invalidator(mode))
-        for c in clients
-    ]  # fmt: skip
+        Cache(c, namespace=namespace, ttl=60, near=near, invalidation=_invalidator(mode))
+        for c, near in zip(clients, nears, strict=True)
+    ]
     backend = SlowBackend(loader_ms)
     rng = random.Random(seed)
     names = [f"item:{i}" for i in range(keys)]
-    applied = [_watch(cache.near) for cache in caches]  # when each L1 was told what changed
+    applied = [_watch(near) for near in nears]  # when each L1 was told what changed
     committed = {k: 0 for k in names}
     commits: list[dict] = []
     reads: list[dict] = []

@@ -257,7 +257,11 @@ class StreamInvalidator(Invalidator):
         newest = await redis.xrevrange(keys.stream, count=1)
         # start after what exists (an id is bytes: cachelab's clients do not decode replies)
         self.last_id = cast(bytes, newest[0][0]).decode() if newest else "0-0"
-        self._reader = listener_client(redis, self.connection_names()[0], key=keys.stream)
+        # RESP2 whatever the client speaks: XREAD's reply is read in that shape (RESP3 nests it
+        # in a map)
+        self._reader = listener_client(
+            redis, self.connection_names()[0], key=keys.stream, protocol=2
+        )
         await self._reader.ping()  # connected now: a first XREAD cannot fail unseen
         self._task = asyncio.create_task(
             self._follow(self._reader, keys.stream), name="cachelab-stream-invalidator"
