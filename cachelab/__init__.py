@@ -10,6 +10,7 @@ or start a Redis), ``streams``, ``serializers``, ``errors``, ``testing`` and ``e
 
 from .breaker import CircuitBreaker
 from .cache import Cache, Lookup
+from .cluster import RedisClient
 from .codec import Entry
 from .connection import RedisSource, clone_client, connect, redact_url, source_of
 from .errors import (
@@ -82,6 +83,7 @@ __all__ = [
     "Outcome",
     "PickleSerializer",
     "PubSubInvalidator",
+    "RedisClient",
     "RedisLock",
     "RedisSource",
     "RedisUnavailableError",
