@@ -240,6 +240,22 @@ async def masters(client: RedisCluster) -> int:
     return len(client.get_primaries())
 
 
+POOL_INTERNALS = (
+    "retry", "retry_on_error", "retry_on_timeout", "event_dispatcher", "himport_registry",
+    "maint_notifications_config", "maint_notifications_pool_handler",
+    "oss_cluster_maint_notifications_handler", "orig_host_address", "orig_socket_timeout",
+    "orig_socket_connect_timeout",
+)  # fmt: skip
+"""Connection arguments that belong to one pool (its retry policy, its event and maintenance
+machinery) rather than to the server and session, so a new pool must not share them."""
+
+
+def session_kwargs(connection_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``connection_kwargs`` without what belongs to the pool they came from, for a new pool
+    (a listener that changes the protocol must not inherit a RESP3-only maintenance handler)."""
+    return {k: v for k, v in connection_kwargs.items() if k not in POOL_INTERNALS}
+
+
 def node_pool(
     client: RedisCluster, *, client_name: str, key: str | None = None, **overrides: Any
 ) -> aioredis.ConnectionPool:
@@ -252,10 +268,8 @@ def node_pool(
     node = client.get_node_from_key(key) if key is not None else client.get_default_node()
     if node is None:  # not discovered yet: any startup node will do
         node = next(iter(client.nodes_manager.startup_nodes.values()))
-    kwargs = {**node.connection_kwargs, "client_name": client_name, "socket_timeout": None}
-    for internal in ("retry", "event_dispatcher", "oss_cluster_maint_notifications_handler"):
-        kwargs.pop(internal, None)
-    kwargs.update(overrides)
+    kwargs = session_kwargs(node.connection_kwargs)
+    kwargs |= {"client_name": client_name, "socket_timeout": None, **overrides}
     return aioredis.ConnectionPool(
         connection_class=node.connection_class, max_connections=1, **kwargs
     )

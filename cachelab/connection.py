@@ -562,16 +562,6 @@ def clone_client(
     return clone
 
 
-_POOL_INTERNALS = (
-    "retry", "retry_on_error", "retry_on_timeout", "event_dispatcher", "himport_registry",
-    "maint_notifications_config", "maint_notifications_pool_handler",
-    "oss_cluster_maint_notifications_handler", "orig_host_address", "orig_socket_timeout",
-    "orig_socket_connect_timeout",
-)  # fmt: skip
-"""Connection arguments that belong to one pool (its retry policy, its event and maintenance
-machinery) rather than to the server and session, so a new pool must not share them."""
-
-
 def listener_client(
     redis: cluster.RedisClient, client_name: str, *, key: str | None = None, **overrides: Any
 ) -> aioredis.Redis:
@@ -593,7 +583,7 @@ def listener_client(
             cluster.node_pool(redis, client_name=client_name, key=key, **no_retry, **overrides)
         )
     pool = redis.connection_pool
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_INTERNALS}
+    kwargs = cluster.session_kwargs(pool.connection_kwargs)
     kwargs |= no_retry | {
         "retry": Retry(NoBackoff(), 0),
         "socket_timeout": None,
