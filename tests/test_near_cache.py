@@ -146,8 +146,13 @@ def test_stats_count_hits_misses_puts_invalidations_and_flushes():
         "expirations": 0,
         "invalidations": 1,
         "flushes": 1,
+        "flushed": 1,
     }
     assert len(near) == 0
+    near.set("c", 3)
+    near.set("d", 4)
+    assert near.clear() == 2 and near.clear() == 0
+    assert (near.stats.flushes, near.stats.flushed) == (3, 3)
 
 
 def test_repr_shows_size_and_age():

@@ -257,7 +257,7 @@ def test_plot_invalidation_counts_what_was_left_behind_not_every_late_stale_read
     left = fig.axes[0]
     labels = [t.get_text() for t in left.texts]
     assert labels == ["40", "2", "35", "0"]
-    assert "left behind: after reconnecting, > 100 ms stale" in legend_texts(left)
+    assert "left behind: stale after reconnecting, its invalidation lost" in legend_texts(left)
 
 
 # --- plot_hit_path (notebook 01b) -----------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -101,14 +102,15 @@ async def run_invalidation(
     20 ms for ``outage_s`` seconds (each reconnect is cut again), so writes during the outage
     send invalidations nobody receives. ``summary["reconnected_s"]`` is when every invalidator
     was back; stale reads after it are counted in ``stale_after_reconnect``. Of those, ``late``
-    ones were still waiting for an invalidation (or a flush) that did reach their instance, just
-    after the read (a busy machine delays deliveries); ``left_behind`` ones were not: nothing
-    that would have dropped the value ever reached their L1 after the write (it was lost), or it
-    had reached it before the read (the L1 kept a superseded value regardless). Counting by what
-    each instance was told, not by how stale a read was, makes the split the same on a quiet and
-    on a starved machine; at the end a last write is announced and waited for, so whatever is
-    still in flight arrives before the run is judged. ``delivery_window_ms`` only classifies how
-    stale the reads were (``reads["staleness_ms"]``), for charts.
+    ones were waiting for an invalidation that was on its way and reached their instance just
+    after the read (a busy machine delays deliveries); ``left_behind`` ones were not: the write
+    that superseded the value was announced while their instance was cut off, so the message
+    was lost (even if a later write's invalidation repairs the entry afterwards), or it had
+    reached the L1 before the read and the L1 kept the superseded value regardless. Sorting by
+    the order of what each instance was told, not by how stale a read was, makes the split the
+    same on a quiet and on a starved machine; at the end a last write is announced and waited
+    for, so whatever is still in flight arrives before the run is judged. ``delivery_window_ms``
+    only classifies how stale the reads were (``reads["staleness_ms"]``), for charts.
     """
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -132,6 +134,7 @@ async def run_invalidation(
     names = [f"item:{i}" for i in range(keys)]
     applied = [_watch(near) for near in nears]  # when each L1 was told what changed
     committed = {k: 0 for k in names}
+    writing = {k: asyncio.Lock() for k in names}
     commits: list[dict] = []
     reads: list[dict] = []
     marks: dict[str, float] = {}
@@ -152,14 +155,19 @@ async def run_invalidation(
                       "latency_ms": (time.perf_counter() - began) * 1000})  # fmt: skip
 
     async def write(_arrival: float) -> None:
-        key = rng.choice(names)
-        version = committed[key] + 1
-        row = {"key": key, "version": version}
-        backend.rows[key] = row  # the system of record first ...
-        await caches[rng.randrange(instances)].set(key, row)  # ... then the cache
-        if version > committed[key]:
+        key, writer = rng.choice(names), caches[rng.randrange(instances)]
+        # One writer per key at a time, as a row lock would make it: two overlapping writes of a
+        # key could reach Redis in the other order and leave the older version cached, a race
+        # between writers that has nothing to do with how invalidations travel.
+        async with writing[key]:
+            version = committed[key] + 1
+            row = {"key": key, "version": version}
+            backend.rows[key] = row  # the system of record first ...
+            sent = time.perf_counter() - start
+            await writer.set(key, row)  # ... then the cache
             committed[key] = version
-            commits.append({"t_s": time.perf_counter() - start, "key": key, "version": version})
+            commits.append({"t_s": time.perf_counter() - start, "sent_s": sent, "key": key,
+                            "version": version})  # fmt: skip
 
     async def fault(kill_at: float) -> None:
         # a timeout inside the task, not asyncio.wait_for around it: cancelling a wait_for twice
@@ -191,7 +199,7 @@ async def run_invalidation(
         for name in names:  # every key starts cached at version 0
             backend.rows[name] = {"key": name, "version": 0}
             await caches[0].set(name, backend.rows[name])
-        commits.extend({"t_s": -1.0, "key": n, "version": 0} for n in names)
+        commits.extend({"t_s": -1.0, "sent_s": -1.0, "key": n, "version": 0} for n in names)
         start = time.perf_counter()
         jobs += [
             asyncio.create_task(drive_poisson(readers_rate, duration, rng, read, start=start)),
@@ -216,9 +224,16 @@ async def run_invalidation(
         if owned:
             await base.aclose()
     frame = pd.DataFrame(reads, columns=READ_COLUMNS).sort_values("t_s", ignore_index=True)
+    # When each instance was back for good: its last resume, since no cut comes after the
+    # outage. The fault task's mark can be early: a listener that resumed just before its last
+    # cut landed looks back until it notices the cut. What was announced before then was lost.
+    back = [c.invalidator.resumed_at if c.invalidator is not None else None for c in caches]
     reconnected = marks.get("reconnected_s")
+    if reconnected is not None:
+        reconnected = max([reconnected, *(b - start for b in back if b is not None)])
+        marks["reconnected_s"] = reconnected
     after = frame["stale"] & (frame["t_s"] > reconnected) if reconnected else frame["stale"] & False
-    covered = _covered_after(frame, commits, applied, start)
+    covered = _late(frame, commits, applied, back, start, replays=mode == "streams")
     left_behind = after & ~covered
     totals = {k: sum(s[k] for s in stats) for k in stats[0]} if stats else {}
     summary = {
@@ -240,8 +255,12 @@ async def run_invalidation(
         "flushes": totals.get("flushes", 0),
         "reconnects": totals.get("reconnects", 0),
         "replayed": totals.get("replayed", 0),
+        "flushed_entries": sum(n["flushed"] for n in near),
+        "expected_left_behind": _exposure(
+            commits, marks, instances, readers_rate, writes_rate, keys, duration
+        ),
     }
-    writes = pd.DataFrame(commits[len(names) :], columns=["t_s", "key", "version"])
+    writes = pd.DataFrame(commits[len(names) :], columns=["t_s", "sent_s", "key", "version"])
     return InvalidationResult(frame, writes, summary)
 
 
@@ -279,21 +298,53 @@ async def _drain(caches: list[Cache], applied: list[list[tuple[float, str | None
             await asyncio.sleep(0.01)
 
 
-def _covered_after(frame, commits, applied, start: float):
-    """Per read: did its instance hear, after the write that superseded the value it got, of
-    that key (or flush everything) no earlier than the read itself, i.e. late, not lost?"""
+def _exposure(commits, marks, instances, read_rate, write_rate, keys, duration) -> float:
+    """How many stale reads lost invalidations should leave behind *without* a flush: the
+    premise of "no flush leaves stale entries", estimated from the outage this run had.
+
+    A key written during the outage (announced to nobody who was cut off) is wrong in the L1 of
+    each other instance that had read it before the cut, until the key's next write repairs it;
+    it shows up if that instance reads the key in between, after the reconnect. With Poisson
+    reads of one key by one instance at ``r = read_rate / (instances * keys)`` and writes of
+    one key at ``w = write_rate / keys``, that read comes first with probability r / (r + w).
+    """
+    killed, back = marks.get("killed_s"), marks.get("reconnected_s")
+    if killed is None or back is None or instances < 2:
+        return 0.0
+    hit = {c["key"] for c in commits if killed <= c["sent_s"] <= back}
+    r, w = read_rate / (instances * keys), write_rate / keys
+    held = 1 - math.exp(-r * killed)  # read (and so cached) before the cut
+    first = r / (r + w) * (1 - math.exp(-(r + w) * max(0.0, duration - back)))
+    return len(hit) * (instances - 1) * held * first
+
+
+def _late(frame, commits, applied, back, start: float, *, replays: bool = False):
+    """Per read: was it stale only because the invalidation of the write that superseded its
+    value was still on its way (late), rather than lost (left behind)?
+
+    Decided by the order of recorded events, not by how long anything took. A write announced
+    before its reader's instance was back for good (``back``, on perf_counter(); None if never
+    cut off) reached that instance before the reconnect or never: pub/sub and tracking keep
+    nothing for a connection that is down, so a stale read after the reconnect is left behind
+    even if a later write's invalidation repairs the entry afterwards. A log that ``replays``
+    (Streams) delivers it after the reconnect. Otherwise the read is late if its instance heard
+    of the key (or flushed everything) after the read. (Hearing of it between the write and the
+    read proves nothing: with frequent writes that can be an earlier write's late message.)
+    """
     superseded = {(c["key"], c["version"]): c["t_s"] for c in commits}
-    covered = []
+    late = []
     for row in frame.itertuples():
-        written = superseded.get((row.key, row.version + 1))
-        if not row.stale or written is None:
-            covered.append(False)
+        write = superseded.get((row.key, row.version + 1))
+        if not row.stale or write is None:
+            late.append(False)
+            continue
+        resumed = back[row.instance]
+        if resumed is not None and write < resumed - start and not replays:
+            late.append(False)  # announced while the instance was cut off, or handled before
             continue
         told = [t - start for t, key in applied[row.instance] if key in (row.key, None)]
-        covered.append(
-            any(t >= written for t in told) and not any(written <= t < row.t_s for t in told)
-        )
-    return pd.Series(covered, index=frame.index, dtype=bool)
+        late.append(any(t >= row.t_s for t in told))
+    return pd.Series(late, index=frame.index, dtype=bool)
 
 
 _DRAIN_KEY = "drain"

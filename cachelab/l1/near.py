@@ -44,6 +44,7 @@ class NearStats:
     expirations: int = 0  # dropped because older than max_age_s, or past the entry's TTL
     invalidations: int = 0  # keys dropped because someone said they changed
     flushes: int = 0  # whole-cache drops (e.g. after lost invalidations)
+    flushed: int = 0  # entries those drops took with them
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -201,4 +202,5 @@ class NearCache:
         self._entries.clear()
         self._epoch += 1
         self.stats.flushes += 1
+        self.stats.flushed += dropped
         return dropped
