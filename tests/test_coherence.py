@@ -127,6 +127,7 @@ def test_the_cut_happened_and_everyone_came_back(cut, mode):
     assert KILL_AT <= s["killed_s"] < s["reconnected_s"] < 2.5
     assert s["reconnected_s"] >= KILL_AT + OUTAGE - 0.05
     assert s["stale_after_reconnect"] == stale_after_reconnect(cut[mode])
+    assert s["restarts"] == 0  # the listeners reconnected; none died
 
 
 @pytest.mark.parametrize("mode", ["pubsub", "streams"])
@@ -150,19 +151,25 @@ async def test_an_outage_over_before_the_fault_wakes_still_cuts_once(mode):
 
 def test_pubsub_without_the_flush_serves_stale_values_after_reconnecting(cut):
     result = cut["pubsub-noflush"]
-    assert result.summary["stale_after_reconnect"] > 0
-    assert stale_after_reconnect(result, PROPAGATION_MS) > 0  # what the lost messages left
-    assert result.summary["flushes"] == 0
+    s = result.summary
+    assert s["flushes"] == 0 and s["restarts"] == 0, s  # a restarted listener flushes its L1
+    # the premise: the outage lost enough writes of keys that are read again before their next
+    # write, at this configuration about 15 reads (12-20 seen with two busy loops beside it)
+    assert s["expected_left_behind"] >= 5, s
+    assert s["left_behind"] > 0, s
+    assert stale_after_reconnect(result, PROPAGATION_MS) > 0, s  # what the lost messages left
 
 
 def test_pubsub_with_the_flush_serves_no_stale_value_after_reconnecting(cut):
     result = cut["pubsub"]
+    assert result.summary["left_behind"] == 0, result.summary  # nothing lost was kept
     assert stale_after_reconnect(result, PROPAGATION_MS) == 0
     assert result.summary["flushes"] > 0
 
 
 def test_streams_replay_instead_of_flushing_and_serve_no_stale_value(cut):
     result = cut["streams"]
+    assert result.summary["left_behind"] == 0, result.summary  # nothing lost was kept
     assert stale_after_reconnect(result, PROPAGATION_MS) == 0
     assert result.summary["replayed"] > 0
     assert result.summary["flushes"] == 0
@@ -170,6 +177,7 @@ def test_streams_replay_instead_of_flushing_and_serve_no_stale_value(cut):
 
 def test_tracking_flushes_and_serves_no_stale_value_after_reconnecting(cut):
     result = cut["tracking"]
+    assert result.summary["left_behind"] == 0, result.summary  # nothing lost was kept
     assert stale_after_reconnect(result, PROPAGATION_MS) == 0
     assert result.summary["flushes"] > 0
 

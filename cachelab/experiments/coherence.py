@@ -255,6 +255,7 @@ async def run_invalidation(
         "flushes": totals.get("flushes", 0),
         "reconnects": totals.get("reconnects", 0),
         "replayed": totals.get("replayed", 0),
+        "restarts": totals.get("restarts", 0),  # listeners that died and were started again
         "flushed_entries": sum(n["flushed"] for n in near),
         "expected_left_behind": _exposure(
             commits, marks, instances, readers_rate, writes_rate, keys, duration
