@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ..cache import Cache
@@ -98,15 +99,16 @@ async def run_invalidation(
     ``duration`` s, through ``instances`` caches with L1s kept true by ``mode`` (one of
     ``MODES``; ``"none"`` relies on the L1's ``near_max_age`` alone).
 
-    With ``kill_at``, the invalidators' connections are killed at that second and again every
-    20 ms for ``outage_s`` seconds (each reconnect is cut again), so writes during the outage
-    send invalidations nobody receives. ``summary["reconnected_s"]`` is when every invalidator
-    was back; stale reads after it are counted in ``stale_after_reconnect``. Of those, ``late``
-    ones were waiting for an invalidation that was on its way and reached their instance just
-    after the read (a busy machine delays deliveries); ``left_behind`` ones were not: the write
-    that superseded the value was announced while their instance was cut off, so the message
-    was lost (even if a later write's invalidation repairs the entry afterwards), or it had
-    reached the L1 before the read and the L1 kept the superseded value regardless. Sorting by
+    With ``kill_at``, the invalidators' connections are killed at that second and cannot
+    connect again for ``outage_s`` seconds (a partition; on a cluster or fakeredis they are
+    killed again every 20 ms instead), so writes during the outage send invalidations nobody
+    receives. ``summary["reconnected_s"]`` is when every invalidator was back (their backoff
+    between attempts adds to the outage); stale reads after it are counted in
+    ``stale_after_reconnect``. Of those, ``late`` ones were waiting for an invalidation that
+    was on its way and reached their instance just after the read (a busy machine delays
+    deliveries); ``left_behind`` ones were not: the write that superseded the value was
+    announced while their instance was cut off, so the message was lost (even if a later
+    write's invalidation repairs the entry afterwards), or it never arrived at all. Sorting by
     the order of what each instance was told, not by how stale a read was, makes the split the
     same on a quiet and on a starved machine; at the end a last write is announced and waited
     for, so whatever is still in flight arrives before the run is judged. ``delivery_window_ms``
@@ -124,6 +126,8 @@ async def run_invalidation(
     namespace = f"cachelab:coherence:{run}"
     clients = [clone_client(base, max_connections=16, client_name=f"cachelab-coherence-{run}-{i}")
                for i in range(instances)]  # fmt: skip
+    partition = _Partition()
+    partitioned = all([partition.wrap(c) for c in clients])  # else: cut again every 20 ms
     nears = [NearCache(max_age_s=near_max_age) for _ in clients]
     caches = [
         Cache(c, namespace=namespace, ttl=60, near=near, invalidation=_invalidator(mode))
@@ -172,24 +176,32 @@ async def run_invalidation(
     async def fault(kill_at: float) -> None:
         # a timeout inside the task, not asyncio.wait_for around it: cancelling a wait_for twice
         # abandons the task it waits for, and this one would then poll forever
-        async with asyncio.timeout(duration + 5):
+        async with asyncio.timeout(duration + outage_s + 10):
             await asyncio.sleep(kill_at)
             marks["killed_s"] = time.perf_counter() - start
             marks["killed"] = 0
-            # when each invalidator's connection was last cut. Each is waited for against its
-            # own last cut, not the last round: one that reconnected after a round's CLIENT LIST
-            # was not cut in that round, and is back although it resumed before the round ended
-            cut_at: dict[int, float] = {}
             invalidators = [c.invalidator for c in caches if c.invalidator is not None]  # all
-            while True:  # at least one round, however late a busy event loop gets here
-                for i, invalidator in enumerate(invalidators):
-                    killed = await kill_connections(base, invalidator.connection_names())
-                    if killed:
-                        marks["killed"] += killed
-                        cut_at[i] = time.perf_counter()  # after it: later resumptions are real
-                if time.perf_counter() - start >= kill_at + outage_s:
-                    break
-                await asyncio.sleep(0.02)
+            # when each invalidator's connection was last cut: each must resume after that
+            cut_at: dict[int, float] = {}
+            if partitioned:  # cut once; no listener connects again until the outage ends
+                names = [n for invalidator in invalidators for n in invalidator.connection_names()]
+                partition.names = frozenset(names)
+                cut = time.perf_counter()
+                marks["killed"] = await kill_connections(base, names)
+                cut_at = dict.fromkeys(range(len(invalidators)), cut)
+                end = start + marks["killed_s"] + outage_s
+                await asyncio.sleep(max(0.0, end - time.perf_counter()))
+                partition.names = frozenset()
+            else:  # a cluster or fakeredis: kill what reconnected, every 20 ms
+                while True:  # at least one round, however late a busy event loop gets here
+                    for i, invalidator in enumerate(invalidators):
+                        killed = await kill_connections(base, invalidator.connection_names())
+                        if killed:
+                            marks["killed"] += killed
+                            cut_at[i] = time.perf_counter()  # later resumptions are real
+                    if time.perf_counter() - start >= marks["killed_s"] + outage_s:
+                        break
+                    await asyncio.sleep(0.02)
             while not all((invalidators[i].resumed_at or 0) > t for i, t in cut_at.items()):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)  # a local attribute, polled: no Redis traffic
             marks["reconnected_s"] = time.perf_counter() - start
@@ -297,6 +309,33 @@ async def _drain(caches: list[Cache], applied: list[list[tuple[float, str | None
     async with asyncio.timeout(10):
         while not everyone_told():  # noqa: ASYNC110 - polling our own logs: no event to await
             await asyncio.sleep(0.01)
+
+
+class _Partition:
+    """The run's outage, as a network partition between the listeners and the server: while
+    ``names`` holds a connection's name, that connection cannot be made again, so nothing
+    published meanwhile reaches it. (Killing connections alone makes no outage: redis-py
+    connects again and subscribes again at once, inside the read that failed.)"""
+
+    def __init__(self) -> None:
+        self.names: frozenset[str] = frozenset()
+
+    def wrap(self, client: RedisClient) -> bool:
+        """Make ``client``'s new connections (its listeners' too: they copy its connection
+        class) respect the partition; False for a client without one pool (a cluster)."""
+        pool = getattr(client, "connection_pool", None)
+        if pool is None or "server" in pool.connection_kwargs:  # a cluster, or fakeredis
+            return False
+        partition, base = self, pool.connection_class
+
+        class Partitioned(base):  # type: ignore[misc, valid-type]
+            async def connect(self) -> None:
+                if self.client_name in partition.names:
+                    raise RedisConnectionError("cut off from the server (the run's outage)")
+                await super().connect()
+
+        pool.connection_class = Partitioned
+        return True
 
 
 def _exposure(commits, marks, instances, read_rate, write_rate, keys, duration) -> float:

@@ -162,13 +162,15 @@ async def _one_outage(binary, mode, on_error, breaker, *, fault, duration_s, fai
                     outcome, error = str(Outcome.ERROR), type(exc).__name__
                 records.append({"mode": mode, "t_s": t, "outcome": outcome, "error": error,
                                 "latency_ms": (time.perf_counter() - began) * 1000})  # fmt: skip
+                served.set()
 
             for i in range(keys):  # warm: before the outage, requests find their values
                 await cache.refresh(f"item:{i}", partial(backend.fetch, f"item:{i}"))
             backend.calls = 0  # count the run's loads, not the warm-up's
+            served = asyncio.Event()  # a request answered: there is a "before" to compare with
             start = time.perf_counter()
             fault_task = asyncio.create_task(
-                _inject(server, fault, start + fail_at_s, outage_s, start)
+                _inject(server, fault, start + fail_at_s, outage_s, start, served)
             )
             try:
                 await drive_poisson(rate, duration_s, random.Random(seed), request, start=start,
@@ -199,10 +201,13 @@ async def _one_outage(binary, mode, on_error, breaker, *, fault, duration_s, fai
     )  # fmt: skip
 
 
-async def _inject(server, fault: str, at: float, outage_s: float, start: float):
-    """Take the server down at ``at`` (perf_counter) and bring it back ``outage_s`` later; return
-    both moments in seconds from ``start``."""
+async def _inject(server, fault: str, at: float, outage_s: float, start: float,
+                  served: asyncio.Event):  # fmt: skip
+    """Take the server down at ``at`` (perf_counter), but not before a first request was
+    answered (``served``: a machine too busy to make one by then would have no "before"), and
+    bring it back ``outage_s`` later; return both moments in seconds from ``start``."""
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    await served.wait()
     failed = time.perf_counter()
     if fault == "kill":
         server.process.kill()  # SIGKILL: no shutdown, no goodbye to the clients
